@@ -1,0 +1,1 @@
+"""Dataset readers and the simplified/original representations built from them."""

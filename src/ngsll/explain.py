@@ -1,0 +1,87 @@
+"""Turn a forward pass into named, sorted, human-readable explanations.
+
+This is the one place where sparse weights become features a person reads; the evaluation pictures,
+the serving handler, NormLIME and the model card all go through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ngsll.model import NGSLLOutput
+from ngsll.train import predict_labels
+
+
+@dataclass
+class SparseExplanation:
+    """Batched top-K explanation of the answered class, sorted by |contribution| (descending).
+
+    class_index: (B,) answered class (0 for regression). indices: (B, K) feature indices.
+    weights: (B, K) gated weight w'_j of the answered class. values: (B, K) simplified input z_j.
+    contributions: (B, K) z_j * w'_j. valid: (B, K) bool, False where a row had fewer than K open gates.
+    """
+
+    class_index: torch.Tensor
+    indices: torch.Tensor
+    weights: torch.Tensor
+    values: torch.Tensor
+    contributions: torch.Tensor
+    valid: torch.Tensor
+
+
+def answered_class(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """(B,) class whose logit the explanation decomposes: the predicted class; 0 for binary/regression.
+
+    For binary models the single logit is log-odds of class 1, so the explanation always decomposes it.
+    """
+    if task == "multiclass":
+        return predict_labels(logits, task)
+    return torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+
+
+def sparse_explanation(output: NGSLLOutput, z: torch.Tensor, k: int, task: str) -> SparseExplanation:
+    """Pick the (at most) ``k`` gated features of each sample, batched, sorted by |z_j w'_j|.
+
+    Args:
+        output: forward output in evaluation mode (gate is 0/1).
+        z: (B, d) simplified input used for that pass.
+        k: the model's K.
+        task: the model's task.
+    """
+    class_index = answered_class(output.logits, task)  # (B,)
+    gather_class = class_index.view(-1, 1, 1).expand(-1, output.weights.shape[1], 1)  # (B, d, 1)
+    class_weights = output.weights.gather(-1, gather_class).squeeze(-1)  # (B, d)
+    contributions = z * class_weights  # (B, d)
+    open_gate = output.gate > 0  # (B, d)
+    k = min(k, z.shape[1])
+    # Rank open features by |contribution|, open-but-zero ones before closed ones.
+    ranking = contributions.abs().masked_fill(~open_gate, -1.0)  # (B, d)
+    order = ranking.topk(k, dim=-1).indices  # (B, k)
+    return SparseExplanation(
+        class_index=class_index,
+        indices=order,
+        weights=class_weights.gather(-1, order),
+        values=z.gather(-1, order),
+        contributions=contributions.gather(-1, order),
+        valid=open_gate.gather(-1, order),
+    )
+
+
+def explanation_records(
+    explanation: SparseExplanation, feature_names: list[str]
+) -> list[list[dict[str, Any]]]:
+    """Per sample, a list of ``{feature, index, weight, value, contribution}`` for the open gates."""
+    columns = [explanation.indices, explanation.weights, explanation.values, explanation.contributions]
+    indices, weights, values, contributions = (c.detach().cpu().tolist() for c in columns)
+    valid = explanation.valid.detach().cpu().tolist()
+    records = []
+    for row in range(len(indices)):
+        records.append([
+            {"feature": feature_names[j], "index": j, "weight": w, "value": v, "contribution": c}
+            for j, w, v, c, ok in zip(indices[row], weights[row], values[row], contributions[row], valid[row])
+            if ok
+        ])
+    return records

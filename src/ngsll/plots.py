@@ -1,0 +1,65 @@
+"""Pictures a person would rather look at than read: weight overlays and training curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def weight_overlay_figure(
+    images: np.ndarray,
+    weight_maps: dict[str, np.ndarray],
+    column_titles: Sequence[str],
+) -> Figure:
+    """Figure 3 of the paper: each image with its signed cell weights overlaid (red +, blue -).
+
+    Args:
+        images: (n, H, H) grayscale images in [0, 1].
+        weight_maps: row name -> (n, c, c) signed weight maps (c cells per side, e.g. 7).
+        column_titles: n titles, e.g. the digit and the prediction.
+    """
+    rows = ["image", *weight_maps]
+    n = len(images)
+    figure, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.7 * len(rows)), squeeze=False)
+    side = images.shape[-1]
+    for col in range(n):
+        axes[0, col].imshow(images[col], cmap="gray_r", vmin=0, vmax=1)
+        axes[0, col].set_title(column_titles[col], fontsize=8)
+        for row, name in enumerate(weight_maps, start=1):
+            weights = weight_maps[name][col]  # (c, c)
+            limit = float(np.abs(weights).max()) or 1.0
+            axes[row, col].imshow(images[col], cmap="gray_r", vmin=0, vmax=1)
+            axes[row, col].imshow(
+                weights, cmap="bwr", vmin=-limit, vmax=limit, alpha=0.6,
+                extent=(-0.5, side - 0.5, side - 0.5, -0.5), interpolation="nearest",
+            )
+    for row, name in enumerate(rows):
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.tight_layout()
+    return figure
+
+
+def training_curves_figure(histories: dict[str, list[dict[str, float]]]) -> Figure:
+    """Loss (train and validation) and validation accuracy per epoch for each named phase."""
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name, history in histories.items():
+        epochs = [row["epoch"] for row in history]
+        line = loss_axis.plot(epochs, [row["val_loss"] for row in history], label=f"{name} val")[0]
+        loss_axis.plot(epochs, [row["train_loss"] for row in history], "--", color=line.get_color(), label=f"{name} train")
+        if "val_accuracy" in history[0]:
+            accuracy_axis.plot(epochs, [row["val_accuracy"] for row in history], label=name, color=line.get_color())
+    loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
+    accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+    loss_axis.legend(fontsize=7)
+    accuracy_axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,249 @@
+"""Training loops: one phase of NGSLL (coarse or fine) or of the DNN baseline, with early stopping.
+
+Coarse-to-fine (paper section 3.3): the coarse phase trains with K = 10, tau = 1 and Adam until the
+validation loss stops improving; the fine phase restarts from the coarse weights with the target K,
+tau = 0.1 and momentum SGD at one tenth of Adam's final learning rate. Each phase is one call of
+:func:`train_phase` with a :class:`PhaseConfig`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ngsll.errors import ConfigError, InputError
+from ngsll.model import DNNClassifier, NGSLL, NGSLLOutput
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def pick_device(preferred: str = "auto") -> torch.device:
+    """CUDA when available (or asked for), else CPU. ``preferred`` is ``auto``, ``cpu`` or ``cuda``."""
+    if preferred not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {preferred!r}")
+    if preferred == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA device is available")
+    if preferred == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preferred)
+
+
+def device_description(device: torch.device) -> str:
+    """Human-readable device name for logs, e.g. ``cuda (NVIDIA H100)`` or ``cpu (2 threads)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TensorData:
+    """A split as tensors: x (N, ...) original input, z (N, d) simplified input, y (N,) targets."""
+
+    x: torch.Tensor
+    z: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, z: np.ndarray, y: np.ndarray, device: torch.device | str = "cpu") -> TensorData:
+        if not len(x) == len(z) == len(y):
+            raise InputError(f"x, z and y must have the same length, got {len(x)}, {len(z)} and {len(y)}")
+        return cls(
+            x=torch.as_tensor(x, dtype=torch.float32, device=device),
+            z=torch.as_tensor(z, dtype=torch.float32, device=device),
+            y=torch.as_tensor(y, device=device),
+        )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.x[indices], self.z[indices], self.y[indices]
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase. Defaults are the paper's coarse phase.
+
+    k / tau: gate settings (ignored by the DNN); optimizer: ``adam`` or ``sgd``; lr: learning rate;
+    momentum: for SGD; max_epochs / patience: early stopping on validation loss; batch_size;
+    lr_decay_factor / lr_decay_patience: multiply lr by the factor after that many epochs without
+    improvement (1.0 disables decay).
+    """
+
+    k: int = 10
+    tau: float = 1.0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    max_epochs: int = 20
+    patience: int = 2
+    batch_size: int = 128
+    lr_decay_factor: float = 1.0
+    lr_decay_patience: int = 1
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
+            raise ConfigError(
+                f"max_epochs, patience and batch_size must be >= 1, got "
+                f"{self.max_epochs}, {self.patience}, {self.batch_size}"
+            )
+        if not 0 < self.lr_decay_factor <= 1:
+            raise ConfigError(f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
+
+
+@dataclass
+class PhaseResult:
+    """What a phase produced: per-epoch ``history`` rows, the best epoch and the final learning rate."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    final_lr: float = 0.0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def logits_of(output: NGSLLOutput | torch.Tensor) -> torch.Tensor:
+    """(B, C) logits from either model's forward output."""
+    return output.logits if isinstance(output, NGSLLOutput) else output
+
+
+def task_loss(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
+    """Mean loss: logistic for binary, cross entropy for multi-class, squared error for regression."""
+    if task == "binary":
+        return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], targets.float())
+    if task == "multiclass":
+        return nn.functional.cross_entropy(logits, targets.long())
+    return nn.functional.mse_loss(logits[:, 0], targets.float())
+
+
+def predict_labels(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """(B,) predicted class indices (or real predictions for regression) from (B, C) logits."""
+    if task == "binary":
+        return (logits[:, 0] > 0).long()
+    if task == "multiclass":
+        return logits.argmax(dim=-1)
+    return logits[:, 0]
+
+
+@torch.inference_mode()
+def evaluate(model: NGSLL | DNNClassifier, data: TensorData, batch_size: int = 1024) -> dict[str, float]:
+    """Mean loss and accuracy (classification) or MSE (regression) in evaluation mode."""
+    was_training = model.training
+    model.eval()
+    task = model.args.task
+    total_loss, correct, squared = 0.0, 0, 0.0
+    for start in range(0, len(data), batch_size):
+        x, z, y = data.batch(torch.arange(start, min(start + batch_size, len(data)), device=data.y.device))
+        logits = logits_of(model(x, z))  # (B, C)
+        total_loss += task_loss(logits, y, task).item() * len(y)
+        predictions = predict_labels(logits, task)
+        if task == "regression":
+            squared += (predictions - y.float()).pow(2).sum().item()
+        else:
+            correct += (predictions == y).sum().item()
+    model.train(was_training)
+    metrics = {"loss": total_loss / len(data)}
+    if task == "regression":
+        metrics["mse"] = squared / len(data)
+    else:
+        metrics["accuracy"] = correct / len(data)
+    return metrics
+
+
+def make_optimizer(model: nn.Module, config: PhaseConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+
+
+def train_phase(
+    model: NGSLL | DNNClassifier,
+    train: TensorData,
+    validation: TensorData,
+    config: PhaseConfig,
+    seed: int = 0,
+    description: str = "train",
+    progress: bool = True,
+) -> PhaseResult:
+    """Train until the validation loss has not improved for ``config.patience`` epochs.
+
+    The model ends with the weights of its best validation epoch. For NGSLL the gate is first set to
+    ``config.k`` / ``config.tau``. Data must already sit on the model's device.
+
+    Returns:
+        A :class:`PhaseResult` with one history row per epoch (``epoch, train_loss, val_loss,
+        val_accuracy`` or ``val_mse``, ``lr, seconds``).
+    """
+    if isinstance(model, NGSLL):
+        model.set_gate(config.k, config.tau)
+    seed_everything(seed)
+    device = train.y.device
+    optimizer = make_optimizer(model, config)
+    shuffle = torch.Generator(device="cpu").manual_seed(seed)
+    result = PhaseResult(device=device_description(device))
+    best_state = copy.deepcopy(model.state_dict())
+    epochs_without_improvement = epochs_since_decay = 0
+    for epoch in range(1, config.max_epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train), generator=shuffle).to(device)  # (N,)
+        batches = range(0, len(train), config.batch_size)
+        bar = tqdm(batches, desc=f"{description} epoch {epoch}", leave=False, disable=not progress, unit="batch")
+        running = 0.0
+        for step, start in enumerate(bar, 1):
+            x, z, y = train.batch(order[start : start + config.batch_size])
+            loss = task_loss(logits_of(model(x, z)), y, model.args.task)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.item()
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{running / step:.4f}")
+        val = evaluate(model, validation)
+        lr = optimizer.param_groups[0]["lr"]
+        row = {"epoch": epoch, "train_loss": running / len(batches), "val_loss": val["loss"], "lr": lr,
+               "seconds": time.perf_counter() - started}
+        row.update({f"val_{name}": value for name, value in val.items() if name != "loss"})
+        result.history.append(row)
+        if progress:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
+            tqdm.write(f"{description} epoch {epoch}: {shown}")
+        if val["loss"] < result.best_val_loss:
+            result.best_val_loss, result.best_epoch = val["loss"], epoch
+            best_state = copy.deepcopy(model.state_dict())
+            epochs_without_improvement = epochs_since_decay = 0
+        else:
+            epochs_without_improvement += 1
+            epochs_since_decay += 1
+            if epochs_without_improvement >= config.patience:
+                break
+            if config.lr_decay_factor < 1 and epochs_since_decay >= config.lr_decay_patience:
+                for group in optimizer.param_groups:
+                    group["lr"] *= config.lr_decay_factor
+                epochs_since_decay = 0
+    model.load_state_dict(best_state)
+    result.final_lr = optimizer.param_groups[0]["lr"]
+    return result

@@ -1,0 +1,56 @@
+"""A problem no global linear model on z can solve, but a local one can, is learned."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from conftest import tiny_args
+from ngsll import build_model
+from ngsll.baselines import fit_linear_baseline
+from ngsll.train import PhaseConfig, TensorData, evaluate, train_phase
+
+
+def context_flip_problem(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """y = [s * (z0 - 0.5) > 0], where the sign s is visible only in the image x.
+
+    z = (z0, noise, 1): the constant feature lets a local linear model place the threshold. Globally,
+    y is independent of every feature of z, so a linear model on z sits at chance.
+    """
+    rng = np.random.default_rng(seed)
+    sign = rng.choice([-1.0, 1.0], size=n)
+    z0 = rng.uniform(0, 1, size=n)
+    z = np.stack([z0, rng.uniform(0, 1, size=n), np.ones(n)], axis=1).astype(np.float32)  # (n, 3)
+    x = np.zeros((n, 1, 8, 8), dtype=np.float32)
+    x[sign > 0, :, :4, :] = 1.0  # the context: top half lit for s = +1, bottom half for s = -1
+    x[sign < 0, :, 4:, :] = 1.0
+    y = (sign * (z0 - 0.5) > 0).astype(np.int64)
+    return x, z, y
+
+
+def test_local_linear_model_learns_what_a_global_one_cannot() -> None:
+    train = TensorData.from_arrays(*context_flip_problem(2048, seed=0))
+    test_arrays = context_flip_problem(512, seed=1)
+    test = TensorData.from_arrays(*test_arrays)
+    torch.manual_seed(0)
+    model = build_model(tiny_args(num_features=3, k=2, conv_channels=[4, 4, 4], hidden_units=16))
+    config = PhaseConfig(k=2, tau=1.0, optimizer="adam", lr=1e-2, max_epochs=30, patience=30, batch_size=64)
+    train_phase(model, train, test, config, seed=0, progress=False)
+    ngsll_accuracy = evaluate(model, test)["accuracy"]
+
+    ridge = fit_linear_baseline("ridge", train.z.numpy(), train.y.numpy(), task="binary")
+    ridge_accuracy = float((ridge.predict(test_arrays[1], k=3) == test_arrays[2]).mean())
+    assert ngsll_accuracy > 0.95
+    assert ridge_accuracy < 0.65
+
+
+def test_training_is_repeatable_with_a_seed() -> None:
+    data = TensorData.from_arrays(*context_flip_problem(256, seed=2))
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model(tiny_args(num_features=3, k=2))
+        history = train_phase(model, data, data, PhaseConfig(k=2, max_epochs=2), seed=5, progress=False).history
+        results.append(([row["val_loss"] for row in history], model.generator.head[-1].weight.clone()))
+    assert results[0][0] == results[1][0]
+    assert torch.equal(results[0][1], results[1][1])

@@ -1,0 +1,129 @@
+"""NGSLL's contract: the logit is z^T w', the weights are sparse, gradients reach the generator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_args
+from ngsll import ConfigError, InputError, ModelArgs, NGSLL, build_model
+from ngsll.model import DNNClassifier
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(task="binary"), dict(task="multiclass", num_classes=4), dict(task="regression", num_classes=1)],
+)
+@pytest.mark.parametrize("training", [False, True])
+def test_logits_equal_inner_product_of_z_and_sparse_weights(overrides, training, tiny_batch) -> None:
+    torch.manual_seed(1)
+    model = build_model(tiny_args(**overrides)).train(training)
+    x, z = tiny_batch
+    output = model(x, z)
+    expected = (z.unsqueeze(-1) * output.weights).sum(dim=1)  # (B, C), per class
+    assert output.logits.shape == (5, model.args.num_outputs)
+    assert torch.allclose(output.logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_eval_weights_have_min_k_available_nonzeros_and_none_masked(k, tiny_batch) -> None:
+    torch.manual_seed(2)
+    model = build_model(tiny_args(k=k, task="multiclass", num_classes=3)).eval()
+    x, z = tiny_batch
+    output = model(x, z)
+    available = (z != 0).sum(dim=1)
+    nonzero = (output.weights != 0).any(dim=-1)  # (B, d)
+    assert torch.equal(nonzero.sum(dim=1), torch.clamp(available, max=k))
+    assert not (nonzero & (z == 0)).any()
+
+
+def test_rows_with_nothing_or_fewer_than_k_available_are_finite(tiny_model, tiny_batch) -> None:
+    x, z = tiny_batch
+    for training in (True, False):
+        output = tiny_model.train(training)(x, z)
+        assert torch.isfinite(output.logits).all() and torch.isfinite(output.weights).all()
+    assert output.logits[3].item() == 0.0  # all masked: no evidence, logit 0
+
+
+def test_gradients_reach_the_generator_through_the_gate(tiny_model, tiny_batch) -> None:
+    x, z = tiny_batch
+    tiny_model.train()
+    output = tiny_model(x, z)
+    # Through w' = g * w and through log pi = log softmax(w^2) inside the gate.
+    output.logits.sum().backward()
+    grads = [p.grad for p in tiny_model.generator.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(g.abs().sum() > 0 for g in grads)
+    tiny_model.zero_grad()
+    gate_only = tiny_model(x, z).gate.sum(dim=0) @ torch.arange(6.0)  # depends on w only via the gate
+    gate_only.backward()
+    assert tiny_model.generator.head[-1].weight.grad.abs().sum() > 0
+
+
+def test_ablation_trains_dense_and_evaluates_top_k(tiny_batch) -> None:
+    torch.manual_seed(3)
+    model = build_model(tiny_args(use_gate=False, k=2))
+    x, z = tiny_batch
+    assert torch.all(model.train()(x, z).gate == 1)
+    assert torch.equal(model.eval()(x, z).gate.sum(dim=1), torch.clamp((z != 0).sum(dim=1), max=2).float())
+
+
+def test_mask_can_be_switched_off_or_given(tiny_batch) -> None:
+    torch.manual_seed(4)
+    model = build_model(tiny_args(mask_zero_features=False, k=6)).eval()
+    x, z = tiny_batch
+    assert torch.all(model(x, z).gate == 1)  # no mask: every feature may be kept
+    mask = torch.zeros_like(z, dtype=torch.bool)
+    mask[:, 0] = True
+    assert torch.all(model(x, z, mask=mask).gate[:, 0] == 0)
+
+
+def test_set_gate_switches_k_and_tau(tiny_model) -> None:
+    tiny_model.set_gate(1, 0.1)
+    assert (tiny_model.gate.k, tiny_model.gate.tau, tiny_model.args.k) == (1, 0.1, 1)
+    with pytest.raises(ConfigError):
+        tiny_model.set_gate(0, 0.1)
+    with pytest.raises(ConfigError):
+        tiny_model.set_gate(7, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "z_shape", "message"),
+    [((5, 8, 8), (5, 6), "x must have shape"), ((5, 1, 9, 9), (5, 6), "x must have shape"),
+     ((5, 1, 8, 8), (5, 7), "z must have shape"), ((4, 1, 8, 8), (5, 6), "same number of samples")],
+)
+def test_wrong_shapes_raise_input_error(tiny_model, x_shape, z_shape, message) -> None:
+    with pytest.raises(InputError, match=message):
+        tiny_model(torch.rand(x_shape), torch.rand(z_shape))
+
+
+def test_nan_pixels_raise_input_error(tiny_model, tiny_batch) -> None:
+    x, z = tiny_batch
+    x = x.clone()
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        tiny_model(x, z)
+    with pytest.raises(InputError, match="NaN"):
+        tiny_model(tiny_batch[0], torch.full_like(z, float("nan")))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(dict(k=0), "K must be >= 1"), (dict(k=7), "K must be <="), (dict(task="ranking"), "task must be"),
+     (dict(kind="tree"), "model kind"), (dict(task="multiclass", num_classes=2), "num_classes >= 3"),
+     (dict(tau=0.0), "tau")],
+)
+def test_bad_model_arguments_raise_config_error(overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        tiny_args(**overrides)
+
+
+def test_unknown_model_argument_is_named() -> None:
+    with pytest.raises(ConfigError, match="unknown model arguments"):
+        ModelArgs.from_dict({**tiny_args().to_dict(), "depth": 3})
+
+
+def test_dnn_outputs_class_logits(tiny_batch) -> None:
+    model = build_model(tiny_args(kind="dnn", task="multiclass", num_classes=3))
+    assert isinstance(model, DNNClassifier) and not isinstance(model, NGSLL)
+    assert model(tiny_batch[0]).shape == (5, 3)
