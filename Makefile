@@ -1,0 +1,37 @@
+# The README's two commands:
+#   make run   - create .venv, install everything, run the default pipeline (dvc repro) on real MNIST
+#   make test  - create/reuse .venv, install, run the whole test suite
+# torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test install venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+venv: $(BIN)/python
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e ".[pipeline,test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/dvc repro
+	@cat reports/mnist/table.md
+
+test: install
+	$(BIN)/python -m pytest -q -rs
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,82 @@
+"""File IO shared by the stage scripts: params, prepared splits, JSON, checkpoints, figures.
+
+Stage scripts receive every path from ``dvc.yaml``; nothing here hard-codes one except the default
+``params.yaml`` that DVC itself reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ngsll.checkpoint import model_from_checkpoint
+from ngsll.data.mnist import ImageSplit
+from ngsll.train import TensorData
+
+log = logging.getLogger("ngsll.pipeline")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_split(path: Path, split: ImageSplit) -> None:
+    """Store a split compactly: pixels as uint8 (x = pixels / 255), z, labels, digits, ids."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.rint(split.x[:, 0] * 255).astype(np.uint8)  # (N, 28, 28)
+    np.savez_compressed(path, pixels=pixels, z=split.z, y=split.y, digits=split.digits, ids=split.ids)
+
+
+def load_split(path: Path) -> ImageSplit:
+    with np.load(path) as stored:
+        return ImageSplit(
+            x=(stored["pixels"].astype(np.float32) / 255.0)[:, None],  # (N, 1, 28, 28)
+            z=stored["z"], y=stored["y"], digits=stored["digits"], ids=stored["ids"],
+        )
+
+
+def load_tensors(path: Path, device: torch.device) -> TensorData:
+    split = load_split(path)
+    return TensorData.from_arrays(split.x, split.z, split.y, device=device)
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_model(path: Path, device: torch.device):
+    return model_from_checkpoint(load_checkpoint(path)).to(device)
+
+
+def save_figure(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
