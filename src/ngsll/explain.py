@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ngsll.model import NGSLLOutput
+from ngsll.model import NGSLL, NGSLLOutput
 from ngsll.train import predict_labels
 
 
@@ -85,3 +85,52 @@ def explanation_records(
             if ok
         ])
     return records
+
+
+def class_probabilities(logits: torch.Tensor, task: str) -> torch.Tensor | None:
+    """(B, num_classes) probabilities from (B, C) logits; None for regression."""
+    if task == "binary":
+        positive = torch.sigmoid(logits[:, 0])  # (B,)
+        return torch.stack([1 - positive, positive], dim=-1)  # (B, 2)
+    if task == "multiclass":
+        return torch.softmax(logits, dim=-1)
+    return None
+
+
+@torch.inference_mode()
+def predict_explain(
+    model: NGSLL, x: torch.Tensor, z: torch.Tensor, feature_names: list[str], class_names: list[str]
+) -> list[dict[str, Any]]:
+    """One batched forward pass -> per sample the prediction **and** its named top-K weights.
+
+    Each answer: ``label`` (class name, or the value for regression), ``class_index``, ``probabilities``
+    (class name -> probability), ``logit`` (binary/regression) or ``logits`` (multi-class, by class name),
+    ``k`` and ``weights`` (see :func:`explanation_records`), whose contributions add up to the logit of
+    the answered class.
+    """
+    model.eval()
+    task = model.args.task
+    output = model(x, z)
+    explanation = sparse_explanation(output, z, model.args.k, task)
+    records = explanation_records(explanation, feature_names)
+    logits = output.logits.cpu().tolist()
+    probabilities = class_probabilities(output.logits, task)
+    probabilities = probabilities.cpu().tolist() if probabilities is not None else None
+    predicted = predict_labels(output.logits, task).cpu().tolist()
+    answers = []
+    for row, weights in enumerate(records):
+        answer: dict[str, Any] = {"k": model.args.k, "weights": weights}
+        if task == "regression":
+            answer |= {"label": logits[row][0], "class_index": 0, "probabilities": {}, "logit": logits[row][0]}
+        else:
+            answer |= {
+                "label": class_names[predicted[row]],
+                "class_index": predicted[row],
+                "probabilities": dict(zip(class_names, probabilities[row])),
+            }
+            if task == "binary":
+                answer["logit"] = logits[row][0]
+            else:
+                answer["logits"] = dict(zip(class_names, logits[row]))
+        answers.append(answer)
+    return answers

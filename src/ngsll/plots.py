@@ -63,3 +63,16 @@ def training_curves_figure(histories: dict[str, list[dict[str, float]]]) -> Figu
     accuracy_axis.legend(fontsize=7)
     figure.tight_layout()
     return figure
+
+
+def accuracy_vs_k_figure(accuracy: dict[str, dict[int, float]], ks: Sequence[int]) -> Figure:
+    """Test accuracy against K for every model; models constant in K are drawn as flat lines."""
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    for name, row in accuracy.items():
+        values = [row.get(k, next(iter(row.values())) if len(row) == 1 else np.nan) for k in ks]
+        axis.plot(ks, values, marker="o", label=name)
+    axis.set(xlabel="K (features kept)", ylabel="test accuracy", title="accuracy versus K", xticks=list(ks))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import math
 import random
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +26,8 @@ from ngsll.errors import ConfigError, InputError
 from ngsll.model import DNNClassifier, NGSLL, NGSLLOutput
 
 OPTIMIZERS = ("adam", "sgd")
+# Redraw often on a terminal; rarely when stderr is a log file (DVC, CI), so logs stay readable.
+_PROGRESS_INTERVAL = 0.5 if sys.stderr.isatty() else 30.0
 
 
 def pick_device(preferred: str = "auto") -> torch.device:
@@ -187,11 +191,13 @@ def train_phase(
     seed: int = 0,
     description: str = "train",
     progress: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> PhaseResult:
     """Train until the validation loss has not improved for ``config.patience`` epochs.
 
     The model ends with the weights of its best validation epoch. For NGSLL the gate is first set to
-    ``config.k`` / ``config.tau``. Data must already sit on the model's device.
+    ``config.k`` / ``config.tau``. Data must already sit on the model's device. ``on_epoch`` (e.g. an
+    experiment tracker) receives each history row as soon as the epoch ends.
 
     Returns:
         A :class:`PhaseResult` with one history row per epoch (``epoch, train_loss, val_loss,
@@ -211,7 +217,8 @@ def train_phase(
         model.train()
         order = torch.randperm(len(train), generator=shuffle).to(device)  # (N,)
         batches = range(0, len(train), config.batch_size)
-        bar = tqdm(batches, desc=f"{description} epoch {epoch}", leave=False, disable=not progress, unit="batch")
+        bar = tqdm(batches, desc=f"{description} epoch {epoch}", leave=False, disable=not progress, unit="batch",
+                   mininterval=_PROGRESS_INTERVAL)
         running = 0.0
         for step, start in enumerate(bar, 1):
             x, z, y = train.batch(order[start : start + config.batch_size])
@@ -228,6 +235,8 @@ def train_phase(
                "seconds": time.perf_counter() - started}
         row.update({f"val_{name}": value for name, value in val.items() if name != "loss"})
         result.history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
         if progress:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
             tqdm.write(f"{description} epoch {epoch}: {shown}")

@@ -106,6 +106,8 @@ def check_mnist_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             raise DataSourceError(f"{split} images must have shape (N, 28, 28), got {images.shape}")
         if labels.shape != (images.shape[0],):
             raise DataSourceError(f"{split} labels must have shape ({images.shape[0]},), got {labels.shape}")
+        if not np.isfinite(images).all():
+            raise DataSourceError(f"{split} images hold NaN or infinite pixels")
         if images.min() < 0 or images.max() > 255:
             raise DataSourceError(f"{split} pixels must lie in 0..255, got {images.min()}..{images.max()}")
         if labels.min() < 0 or labels.max() > 9:
@@ -115,15 +117,21 @@ def check_mnist_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return checked
 
 
-def load_mnist(source: str, path: str | Path) -> dict[str, np.ndarray]:
-    """Load MNIST from ``source`` in :data:`SOURCES` at ``path``; returns the four checked arrays."""
+def load_mnist(source: str, path: str | Path, check: bool = True) -> dict[str, np.ndarray]:
+    """Load MNIST from ``source`` in :data:`SOURCES` at ``path``.
+
+    With ``check`` (default) the arrays are verified and returned as uint8 images / int64 labels; the
+    pipeline's fetch stage passes ``check=False`` to keep them as read, so its data-quality gate can
+    report exactly what is wrong.
+    """
     if source not in SOURCES:
         raise DataSourceError(f"unknown MNIST source {source!r}; accepted: {list(SOURCES)}")
     path = Path(path)
     if not path.exists():
         raise DataSourceError(f"MNIST {source} source {path} does not exist")
     readers = {"zarr": read_zarr_zip, "idx": read_idx_folder, "npz": read_npz}
-    return check_mnist_arrays(readers[source](path))
+    arrays = readers[source](path)
+    return check_mnist_arrays(arrays) if check else arrays
 
 
 def binary_labels(digits: np.ndarray) -> np.ndarray:

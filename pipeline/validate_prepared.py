@@ -1,0 +1,52 @@
+"""Stage `validate_prepared`: Great Expectations gate on the prepared splits before training.
+
+Every split non-empty, z in [0, 1], stored masks equal to (z == 0), the expected number of features,
+labels in the class set, class balance within tolerance, train and validation ids disjoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ngsll.config import section
+from ngsll.quality import disjoint_checks, prepared_checks, prepared_frame, run_checks
+from stage_io import load_params, log, setup_logging, write_json
+
+SPLITS = ("train", "validation", "test")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", type=Path, required=True, help="prepared splits")
+    parser.add_argument("--report", type=Path, required=True, help="validation result JSON")
+    parser.add_argument("--html", type=Path, required=True, help="static HTML report")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    setup_logging()
+    params = load_params(args.params)
+    settings, data = section(params, "validate", "prepared"), section(params, "data")
+    checks = prepared_checks(
+        num_features=int(data["cells"]) ** 2, class_share=float(settings["class_share"]),
+        tolerance=float(settings["class_share_tolerance"]), num_classes=len(data["class_names"]),
+    )
+    frames = {}
+    for split in SPLITS:
+        with np.load(args.data_dir / f"{split}.npz") as stored:
+            frames[split] = prepared_frame(stored["z"], stored["mask"], stored["y"], stored["ids"], split)
+    batches = {split: (frame, checks) for split, frame in frames.items()}
+    batches["train+validation"] = (pd.concat([frames["train"], frames["validation"]]), disjoint_checks())
+    report = run_checks(batches, suite_name="prepared")
+    write_json(args.report, {"success": report.success, "failures": report.failures, "results": report.results})
+    args.html.write_text(report.to_html("validate_prepared"))
+    if not report.success:
+        sys.exit(f"validate_prepared failed: {report.summary()}\nfull report: {args.report}")
+    log.info("validate_prepared: %s", report.summary())
+
+
+if __name__ == "__main__":
+    main()

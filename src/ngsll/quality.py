@@ -1,0 +1,191 @@
+"""Data-quality gates: per-sample summary tables and the Great Expectations suites run on them.
+
+Images do not fit a table, so each image becomes one row of summaries (shape, pixel range, non-finite
+count, label); each prepared sample becomes one row (z range, available features, mask consistency).
+Great Expectations (GX 1.x) then validates those tables. GX is imported only inside
+:func:`run_checks`, so nothing else pays for its slow import.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ngsll.errors import NGSLLError
+
+# One check: (GX expectation class name, keyword arguments).
+Check = tuple[str, dict[str, Any]]
+
+
+class ValidationFailed(NGSLLError):
+    """A data-quality gate failed; the message summarises which expectations and sample values."""
+
+
+def raw_image_frame(images: np.ndarray, labels: np.ndarray, split: str) -> pd.DataFrame:
+    """One row per raw image: ``split, id, label, height, width, pixel_min, pixel_max, nonfinite``.
+
+    Accepts any numeric dtype (a user's float copy may hold NaN); shapes other than (N, H, W) raise.
+    """
+    if images.ndim != 3:
+        raise ValidationFailed(f"{split} images must be a (N, H, W) array, got shape {images.shape}")
+    flat = images.reshape(len(images), images.shape[1] * images.shape[2]).astype(np.float64)  # (N, H*W)
+    finite = np.isfinite(flat)
+    pixel_min = np.where(finite, flat, np.inf).min(axis=1, initial=np.inf)  # NaN pixels are counted apart
+    pixel_max = np.where(finite, flat, -np.inf).max(axis=1, initial=-np.inf)
+    return pd.DataFrame({
+        "split": split,
+        "id": np.arange(len(images)),
+        "label": labels.astype(np.float64) if len(labels) == len(images) else np.nan,
+        "height": images.shape[1],
+        "width": images.shape[2],
+        "pixel_min": pixel_min,
+        "pixel_max": pixel_max,
+        "nonfinite": (~finite).sum(axis=1),
+    })
+
+
+def prepared_frame(z: np.ndarray, mask: np.ndarray, y: np.ndarray, ids: np.ndarray, split: str) -> pd.DataFrame:
+    """One row per prepared sample: ``split, id, label, z_min, z_max, available, mask_consistent``."""
+    return pd.DataFrame({
+        "split": split,
+        "id": ids,
+        "label": y,
+        "z_min": z.min(axis=1, initial=np.inf),
+        "z_max": z.max(axis=1, initial=-np.inf),
+        "num_features": z.shape[1],
+        "available": (~mask).sum(axis=1),
+        "mask_consistent": (mask == (z == 0)).all(axis=1),
+    })
+
+
+def raw_checks(labels: list[int], min_rows: int, max_rows: int, height: int, width: int) -> list[Check]:
+    """Expectations for one raw split: row count, label set, image shape, pixel range 0-255, no nulls."""
+    return [
+        ("ExpectTableRowCountToBeBetween", {"min_value": min_rows, "max_value": max_rows}),
+        ("ExpectColumnValuesToNotBeNull", {"column": "label"}),
+        ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": [float(v) for v in labels]}),
+        ("ExpectColumnValuesToBeInSet", {"column": "height", "value_set": [height]}),
+        ("ExpectColumnValuesToBeInSet", {"column": "width", "value_set": [width]}),
+        ("ExpectColumnValuesToBeInSet", {"column": "nonfinite", "value_set": [0]}),
+        ("ExpectColumnValuesToBeBetween", {"column": "pixel_min", "min_value": 0, "max_value": 255}),
+        ("ExpectColumnValuesToBeBetween", {"column": "pixel_max", "min_value": 0, "max_value": 255}),
+        ("ExpectColumnValuesToBeUnique", {"column": "id"}),
+    ]
+
+
+def prepared_checks(num_features: int, class_share: float, tolerance: float, num_classes: int) -> list[Check]:
+    """Expectations for one prepared split: non-empty, z in [0, 1], masks match z, d, class balance."""
+    return [
+        ("ExpectTableRowCountToBeBetween", {"min_value": 1, "max_value": None}),
+        ("ExpectColumnValuesToBeBetween", {"column": "z_min", "min_value": 0.0, "max_value": 1.0}),
+        ("ExpectColumnValuesToBeBetween", {"column": "z_max", "min_value": 0.0, "max_value": 1.0}),
+        ("ExpectColumnValuesToBeInSet", {"column": "mask_consistent", "value_set": [True]}),
+        ("ExpectColumnValuesToBeInSet", {"column": "num_features", "value_set": [num_features]}),
+        ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": list(range(num_classes))}),
+        ("ExpectColumnMeanToBeBetween", {
+            "column": "label", "min_value": class_share - tolerance, "max_value": class_share + tolerance,
+        }),
+    ]
+
+
+def disjoint_checks() -> list[Check]:
+    """Expectation over the union of splits drawn from one source: no id appears twice."""
+    return [("ExpectColumnValuesToBeUnique", {"column": "id"})]
+
+
+@dataclass
+class QualityReport:
+    """Outcome of :func:`run_checks`: ``success``, one entry per failed expectation, and the raw GX JSON."""
+
+    success: bool
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A few readable lines: which batch, which expectation, on what, with sample bad values."""
+        if self.success:
+            total = sum(len(batch["results"]) for batch in self.results.values())
+            return f"all {total} expectations passed on {len(self.results)} batches"
+        lines = [f"{len(self.failures)} expectation(s) failed:"]
+        for failure in self.failures:
+            lines.append(
+                f"  - [{failure['batch']}] {failure['expectation']}({failure['target']}): "
+                f"observed {failure['observed']}"
+            )
+        return "\n".join(lines)
+
+    def to_html(self, title: str) -> str:
+        """A static, self-contained HTML page of every expectation and its outcome."""
+        rows = []
+        for batch, result in self.results.items():
+            for item in result["results"]:
+                config = item["expectation_config"]
+                ok = item["success"]
+                rows.append(
+                    f"<tr class={'ok' if ok else 'bad'}><td>{html.escape(batch)}</td>"
+                    f"<td>{html.escape(config['type'])}</td><td>{html.escape(_target(config['kwargs']))}</td>"
+                    f"<td>{'passed' if ok else 'FAILED'}</td><td>{html.escape(_observed(item['result']))}</td></tr>"
+                )
+        verdict = "passed" if self.success else "FAILED"
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif}}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+            ".ok td:nth-child(4){color:#070}.bad td:nth-child(4){color:#b00;font-weight:bold}</style></head>"
+            f"<body><h1>{html.escape(title)}: {verdict}</h1><pre>{html.escape(self.summary())}</pre>"
+            "<table><tr><th>batch</th><th>expectation</th><th>on</th><th>outcome</th><th>observed</th></tr>"
+            + "".join(rows) + "</table></body></html>"
+        )
+
+
+def _target(kwargs: dict[str, Any]) -> str:
+    shown = {k: v for k, v in kwargs.items() if k not in ("batch_id",) and v is not None}
+    return ", ".join(f"{k}={v}" for k, v in shown.items())
+
+
+def _observed(result: dict[str, Any]) -> str:
+    if "observed_value" in result:
+        return f"{result['observed_value']}"
+    if "unexpected_count" in result:
+        sample = result.get("partial_unexpected_list", [])[:5]
+        return f"{result['unexpected_count']} unexpected of {result.get('element_count')}, e.g. {sample}"
+    return ""
+
+
+def run_checks(batches: dict[str, tuple[pd.DataFrame, list[Check]]], suite_name: str) -> QualityReport:
+    """Validate each named ``(frame, checks)`` batch with Great Expectations (ephemeral context).
+
+    Returns:
+        A :class:`QualityReport`; it does not raise on failed expectations (callers decide).
+    """
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    source = context.data_sources.add_pandas(name=f"{suite_name}_source")
+    report = QualityReport(success=True)
+    for batch_name, (frame, checks) in batches.items():
+        definition = source.add_dataframe_asset(name=batch_name).add_batch_definition_whole_dataframe(batch_name)
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{suite_name}_{batch_name}"))
+        for expectation, kwargs in checks:
+            suite.add_expectation(getattr(gxe, expectation)(**kwargs))
+        validation = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{suite_name}_{batch_name}", data=definition, suite=suite)
+        )
+        result = validation.run(batch_parameters={"dataframe": frame}).to_json_dict()
+        report.results[batch_name] = result
+        for item in result["results"]:
+            if not item["success"]:
+                report.success = False
+                report.failures.append({
+                    "batch": batch_name,
+                    "expectation": item["expectation_config"]["type"],
+                    "target": _target(item["expectation_config"]["kwargs"]),
+                    "observed": _observed(item["result"]),
+                })
+    return report

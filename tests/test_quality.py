@@ -1,0 +1,85 @@
+"""Great Expectations gates: the real GX run on hand-made tables, passing and failing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ngsll.quality import (
+    disjoint_checks, prepared_checks, prepared_frame, raw_checks, raw_image_frame, run_checks,
+)
+
+pytest.importorskip("great_expectations")
+
+
+def good_images(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(n, 28, 28)).astype(np.uint8), np.arange(n) % 10
+
+
+def checks(min_rows: int = 1) -> list:
+    return raw_checks(labels=list(range(10)), min_rows=min_rows, max_rows=100, height=28, width=28)
+
+
+def test_raw_frame_summarises_each_image() -> None:
+    images = np.zeros((2, 28, 28), dtype=np.float32)
+    images[0, 3, 4] = 200.0
+    images[1, 0, 0] = np.nan
+    frame = raw_image_frame(images, np.array([3, 7]), "train")
+    assert frame["pixel_max"].tolist() == [200.0, 0.0]
+    assert frame["nonfinite"].tolist() == [0, 1]
+    assert frame[["height", "width"]].iloc[0].tolist() == [28, 28]
+
+
+def test_good_raw_data_passes() -> None:
+    report = run_checks({"train": (raw_image_frame(*good_images(), "train"), checks())}, "raw")
+    assert report.success, report.summary()
+    assert "expectations passed" in report.summary()
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [("nan", "column=nonfinite"), ("label", "column=label"), ("pixel", "column=pixel_max"), ("empty", "expect_table_row_count_to_be_between")],
+)
+def test_broken_raw_data_fails_with_a_readable_summary(breakage: str, expected: str) -> None:
+    images, labels = good_images()
+    images = images.astype(np.float32)
+    if breakage == "nan":
+        images[2, 5, 5] = np.nan
+    elif breakage == "label":
+        labels = labels.copy()
+        labels[1] = 11
+    elif breakage == "pixel":
+        images[0, 0, 0] = 300.0
+    else:
+        images, labels = images[:0], labels[:0]
+    report = run_checks({"train": (raw_image_frame(images, labels, "train"), checks())}, "raw")
+    assert not report.success
+    assert expected in report.summary()
+    assert "FAILED" in report.to_html("raw")
+
+
+def test_prepared_gates_catch_inconsistent_masks_imbalance_and_overlap() -> None:
+    z = np.array([[0.0, 0.5], [0.2, 0.0], [0.3, 0.1], [0.0, 0.0]])
+    mask = z == 0
+    y, ids = np.array([0, 1, 0, 1]), np.arange(4)
+    check_list = prepared_checks(num_features=2, class_share=0.5, tolerance=0.1, num_classes=2)
+    assert run_checks({"ok": (prepared_frame(z, mask, y, ids, "train"), check_list)}, "p").success
+
+    bad_mask = mask.copy()
+    bad_mask[2, 0] = True  # masks a feature that has evidence
+    imbalanced = np.array([1, 1, 1, 1])
+    overlap = np.concatenate([ids, ids[:1]])
+    batches = {
+        "mask": (prepared_frame(z, bad_mask, y, ids, "train"), check_list),
+        "balance": (prepared_frame(z, mask, imbalanced, ids, "train"), check_list),
+        "overlap": (prepared_frame(np.vstack([z, z[:1]]), np.vstack([mask, mask[:1]]), np.append(y, 0), overlap, "t"),
+                    disjoint_checks()),
+    }
+    report = run_checks(batches, "p")
+    failed = {(f["batch"], f["expectation"]) for f in report.failures}
+    assert failed == {
+        ("mask", "expect_column_values_to_be_in_set"),
+        ("balance", "expect_column_mean_to_be_between"),
+        ("overlap", "expect_column_values_to_be_unique"),
+    }
