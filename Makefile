@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test install venv clean
+.PHONY: run test install venv clean serve serve-stop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ venv: $(BIN)/python
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[pipeline,test]"
+	$(BIN)/python -m pip install --quiet -e ".[pipeline,serve,test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,6 +32,12 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q -rs
+
+serve: install
+	$(BIN)/python -m ngsll_plugins.serve start models/mnist/serve
+
+serve-stop:
+	$(BIN)/python -m ngsll_plugins.serve stop models/mnist/serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -31,7 +31,7 @@ class NGSLLPyfunc(mlflow.pyfunc.PythonModel):
         self.feature_names, self.class_names = features["feature_names"], features["class_names"]
         self.cells = int(round(len(self.feature_names) ** 0.5))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
         pixels = np.asarray(model_input, dtype=np.float32)
         side = self.model.args.image_size
         pixels = pixels.reshape(len(pixels), side, side)  # (N, H, H)

@@ -103,27 +103,33 @@ def predict_explain(
 ) -> list[dict[str, Any]]:
     """One batched forward pass -> per sample the prediction **and** its named top-K weights.
 
+    See :func:`answers_from_output` for the fields of each answer.
+    """
+    model.eval()
+    return answers_from_output(model(x, z), z, model.args.k, model.args.task, feature_names, class_names)
+
+
+def answers_from_output(
+    output: NGSLLOutput, z: torch.Tensor, k: int, task: str, feature_names: list[str], class_names: list[str]
+) -> list[dict[str, Any]]:
+    """Per-sample answers from an evaluation-mode forward output.
+
     Each answer: ``label`` (class name, or the value for regression), ``class_index``, ``probabilities``
     (class name -> probability), ``logit`` (binary/regression) or ``logits`` (multi-class, by class name),
     ``k`` and ``weights`` (see :func:`explanation_records`), whose contributions add up to the logit of
     the answered class.
     """
-    model.eval()
-    task = model.args.task
-    output = model(x, z)
-    explanation = sparse_explanation(output, z, model.args.k, task)
-    records = explanation_records(explanation, feature_names)
+    records = explanation_records(sparse_explanation(output, z, k, task), feature_names)
     logits = output.logits.cpu().tolist()
     probabilities = class_probabilities(output.logits, task)
     probabilities = probabilities.cpu().tolist() if probabilities is not None else None
     predicted = predict_labels(output.logits, task).cpu().tolist()
     answers = []
     for row, weights in enumerate(records):
-        answer: dict[str, Any] = {"k": model.args.k, "weights": weights}
         if task == "regression":
-            answer |= {"label": logits[row][0], "class_index": 0, "probabilities": {}, "logit": logits[row][0]}
+            answer = {"label": logits[row][0], "class_index": 0, "probabilities": {}, "logit": logits[row][0]}
         else:
-            answer |= {
+            answer = {
                 "label": class_names[predicted[row]],
                 "class_index": predicted[row],
                 "probabilities": dict(zip(class_names, probabilities[row])),
@@ -132,5 +138,5 @@ def predict_explain(
                 answer["logit"] = logits[row][0]
             else:
                 answer["logits"] = dict(zip(class_names, logits[row]))
-        answers.append(answer)
+        answers.append(answer | {"k": k, "weights": weights})
     return answers

@@ -1,0 +1,145 @@
+"""MLflow deployment plugin, target ``torchserve``: serve registered NGSLL models on TorchServe.
+
+Registered under the entry-point group ``mlflow.deployments``::
+
+    mlflow deployments create -t torchserve --name ngsll-mnist -m models:/ngsll-mnist/1
+
+builds a model archive from the registered model's checkpoint and feature names and registers it with
+a running TorchServe through its management API (which must be enabled on that server:
+``enable_model_api=true``). ``predict``, ``explain``, ``get``, ``list``, ``update`` and ``delete`` go
+through the same server.
+
+Where the server is comes from the environment (or ``-C key=value`` deployment config):
+
+* ``NGSLL_TS_INFERENCE_URL`` (default ``http://127.0.0.1:8080``)
+* ``NGSLL_TS_MANAGEMENT_URL`` (default ``http://127.0.0.1:8081``)
+* ``NGSLL_TS_MODEL_STORE``: the server's ``--model-store`` folder, where archives are written (create/update)
+* ``NGSLL_TS_KEY_FILE``: the server's ``key_file.json`` when token authorisation is on
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
+from mlflow.exceptions import MlflowException
+
+from ngsll_plugins.torchserve import (
+    ServerConfig, TorchServeClient, TorchServeError, build_archive, start, wait_until_ready,
+)
+
+DEPLOYMENT_CONFIG = ("batch_size", "max_batch_delay", "workers", "version")
+
+
+def target_help() -> str:
+    return __doc__ or ""
+
+
+def _checkpoint_and_features(model_uri: str, destination: Path) -> tuple[Path, Path]:
+    """Download an NGSLL pyfunc model and return its checkpoint and features.json artifacts."""
+    import mlflow.artifacts
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination)))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"].get("python_function", {})
+    artifacts = flavor.get("artifacts") or {}
+    if not {"checkpoint", "features"} <= set(artifacts):
+        raise MlflowException(f"{model_uri} is not an NGSLL pyfunc model (it lacks checkpoint/features artifacts)")
+    return local / artifacts["checkpoint"]["path"], local / artifacts["features"]["path"]
+
+
+def _as_instances(inputs: Any) -> bytes:
+    """Images (N, 28, 28) as an array, DataFrame or nested list -> a KServe v1 JSON body."""
+    if isinstance(inputs, (bytes, bytearray)):
+        return bytes(inputs)
+    if isinstance(inputs, dict):
+        return json.dumps(inputs).encode()
+    pixels = np.asarray(inputs.values if hasattr(inputs, "values") else inputs, dtype=np.float64)
+    if pixels.ndim == 2 and pixels.shape[1] == 28 * 28:
+        pixels = pixels.reshape(-1, 28, 28)
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    return json.dumps({"instances": [{"image": image.tolist()} for image in pixels]}).encode()
+
+
+class TorchServeDeploymentClient(BaseDeploymentClient):
+    """Deploy NGSLL models to a running TorchServe; see the module docstring."""
+
+    def __init__(self, target_uri: str) -> None:
+        super().__init__(target_uri)
+        key_file = os.environ.get("NGSLL_TS_KEY_FILE")
+        urls = {
+            "inference_url": os.environ.get("NGSLL_TS_INFERENCE_URL", "http://127.0.0.1:8080"),
+            "management_url": os.environ.get("NGSLL_TS_MANAGEMENT_URL", "http://127.0.0.1:8081"),
+        }
+        self.client = TorchServeClient.from_key_file(Path(key_file), **urls) if key_file else TorchServeClient(**urls)
+
+    def _model_store(self, config: dict[str, Any]) -> Path:
+        store = config.get("model_store") or os.environ.get("NGSLL_TS_MODEL_STORE")
+        if not store:
+            raise MlflowException("set NGSLL_TS_MODEL_STORE (or -C model_store=...) to the server's model store folder")
+        return Path(store)
+
+    def _call(self, action: str, *args: Any) -> Any:
+        try:
+            return getattr(self.client, action)(*args)
+        except TorchServeError as error:
+            raise MlflowException(f"TorchServe {action} failed ({error.status}): {error.body}") from error
+
+    def create_deployment(self, name, model_uri, flavor=None, config=None, endpoint=None):
+        config = dict(config or {})
+        unknown = set(config) - set(DEPLOYMENT_CONFIG) - {"model_store"}
+        if unknown:
+            raise MlflowException(f"unknown deployment config {sorted(unknown)}; accepted: {DEPLOYMENT_CONFIG}")
+        with tempfile.TemporaryDirectory() as download:
+            checkpoint, features = _checkpoint_and_features(model_uri, Path(download))
+            mar = build_archive(checkpoint, features, self._model_store(config), name, str(config.get("version", "1.0")))
+        self._call("register", mar.name, name, int(config.get("batch_size", 1)),
+                   int(config.get("max_batch_delay", 0)), int(config.get("workers", 1)))
+        return {"name": name, "flavor": flavor or "python_function", "model_uri": model_uri}
+
+    def update_deployment(self, name, model_uri=None, flavor=None, config=None, endpoint=None):
+        if model_uri is not None:
+            self._call("unregister", name)
+            return self.create_deployment(name, model_uri, flavor, config)
+        workers = int((config or {}).get("workers", 1))
+        self._call("scale", name, workers)
+        return {"name": name, "flavor": flavor or "python_function"}
+
+    def delete_deployment(self, name, config=None, endpoint=None):
+        self._call("unregister", name)
+
+    def list_deployments(self, endpoint=None):
+        return [{"name": model["modelName"], "url": model["modelUrl"]} for model in self._call("list")["models"]]
+
+    def get_deployment(self, name, endpoint=None):
+        description = self._call("describe", name)[0]
+        return {"name": description["modelName"], **description}
+
+    def predict(self, deployment_name=None, inputs=None, endpoint=None):
+        return PredictionsResponse(self._call("predict", deployment_name, _as_instances(inputs)))
+
+    def explain(self, deployment_name=None, df=None, endpoint=None):
+        return self._call("explain", deployment_name, _as_instances(df))
+
+
+def run_local(name: str, model_uri: str, flavor: str | None = None, config: dict[str, Any] | None = None) -> None:
+    """Serve ``model_uri`` on a local TorchServe (loopback, no token; stop it with ``torchserve --stop``)."""
+    config = dict(config or {})
+    workdir = Path(config.get("workdir") or tempfile.mkdtemp(prefix="ngsll-torchserve-"))
+    with tempfile.TemporaryDirectory() as download:
+        checkpoint, features = _checkpoint_and_features(model_uri, Path(download))
+        build_archive(checkpoint, features, workdir / "model-store", name)
+    server = ServerConfig(token_auth=False, models={name: {
+        "mar": f"{name}.mar", "batch_size": int(config.get("batch_size", 1)),
+        "max_batch_delay": int(config.get("max_batch_delay", 0)),
+    }})
+    start(workdir, workdir / "model-store", server.write(workdir / "config" / "config.properties"))
+    wait_until_ready(TorchServeClient(), name)
+    print(f"serving {model_uri} as {name} on http://127.0.0.1:{server.inference_port}/predictions/{name} "
+          f"(logs in {workdir / 'logs'}; stop with: TMPDIR={workdir} torchserve --stop)")

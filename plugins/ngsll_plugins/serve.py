@@ -1,0 +1,50 @@
+"""``python -m ngsll_plugins.serve start|stop SERVE_DIR``: run the packaged endpoint (``make serve``).
+
+SERVE_DIR is the `package` stage's output (``config/config.properties`` and ``model-store/``); the
+server's logs and its token file ``key_file.json`` go to ``SERVE_DIR/run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ngsll_plugins.torchserve import TorchServeClient, key_file, read_properties, start, stop, wait_until_ready
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("action", choices=("start", "stop"))
+    parser.add_argument("serve_dir", type=Path)
+    args = parser.parse_args()
+    run_dir = args.serve_dir / "run"
+    if args.action == "stop":
+        stop(run_dir)
+        print("TorchServe stopped.")
+        return
+    config_path = args.serve_dir / "config" / "config.properties"
+    if not config_path.exists():
+        raise SystemExit(f"{config_path} is missing: run `dvc repro package` (or `make run`) first")
+    properties = read_properties(config_path)
+    model = next(iter(__import__("json").loads(properties["models"])))
+    start(run_dir, args.serve_dir / "model-store", config_path)
+    keys = key_file(run_dir)
+    client = TorchServeClient.from_key_file(
+        keys, inference_url=properties["inference_address"], management_url=properties["management_address"]
+    )
+    wait_until_ready(client, model)
+    url = properties["inference_address"]
+    print(f"""NGSLL is serving {model} at {url} (loopback only, token authorisation on).
+Each answer holds the label, probabilities, logit and the top-K weights that produced it.
+The inference token is the "inference" key of {keys} (written by TorchServe at start-up):
+
+  TOKEN=$(python3 -c 'import json; print(json.load(open("{keys}"))["inference"]["key"])')
+  curl -s -H "Authorization: Bearer $TOKEN" -T {args.serve_dir / 'sample_digit.png'} {url}/predictions/{model}
+
+Explanations (plus per-class weights and the 7x7 weight map): {url}/explanations/{model}
+Prometheus metrics: {properties['metrics_address']}/metrics    Logs: {run_dir / 'logs'}
+Stop it with: make serve-stop""")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The framework-free serving logic: request decoding, answers with weights, errors as 400 payloads."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_args
+from ngsll import build_model
+from ngsll.serving import ImageService, RequestError
+from ngsll.simplify import cell_names
+
+CLASSES = ["0-4", "5-9"]
+
+
+def digit(seed: int = 0) -> np.ndarray:
+    """A 28x28 'stroke' in [0, 1]: bright ink on black, like MNIST."""
+    image = np.zeros((28, 28), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(4, 24, size=3)
+    image[rows[0] : rows[0] + 12, 10:14] = 1.0
+    image[rows[1], 6:22] = 0.8
+    return image
+
+
+def png_bytes(pixels: np.ndarray, size: int = 28, dark_on_light: bool = False, fmt: str = "PNG") -> bytes:
+    values = (1 - pixels if dark_on_light else pixels) * 255
+    picture = Image.fromarray(values.astype(np.uint8), mode="L").resize((size, size))
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def service() -> ImageService:
+    torch.manual_seed(0)
+    model = build_model(tiny_args(num_features=49, image_size=28, k=5))
+    return ImageService(model, cell_names(7), CLASSES)
+
+
+def check_answer(answer: dict, k: int = 5) -> None:
+    assert set(answer) >= {"label", "class_index", "probabilities", "logit", "k", "weights"}
+    assert answer["label"] == CLASSES[answer["class_index"]] and answer["k"] == k
+    assert set(answer["probabilities"]) == set(CLASSES)
+    magnitudes = [abs(w["contribution"]) for w in answer["weights"]]
+    assert magnitudes == sorted(magnitudes, reverse=True)
+    assert sum(w["contribution"] for w in answer["weights"]) == pytest.approx(answer["logit"], abs=1e-4)
+    for entry in answer["weights"]:
+        assert entry["feature"] == f"r{entry['index'] // 7}c{entry['index'] % 7}"
+        assert entry["contribution"] == pytest.approx(entry["value"] * entry["weight"], abs=1e-6)
+
+
+def test_json_list_in_either_scale_gives_the_same_answer(service: ImageService) -> None:
+    image = digit()
+    unit = service.respond([{"image": image.tolist()}])[0]
+    bytes_scale = service.respond([json.dumps({"image": (image * 255).tolist()}).encode()])[0]
+    assert unit[0] == 200 and bytes_scale[0] == 200
+    check_answer(unit[1])
+    assert unit[1]["logit"] == pytest.approx(bytes_scale[1]["logit"], abs=1e-5)
+    assert len(unit[1]["weights"]) == min(5, int((service.answer(image[None])[0]["k"])))
+
+
+def test_png_and_jpeg_of_any_size_and_polarity_are_accepted(service: ImageService) -> None:
+    image = digit(1)
+    reference = service.respond([{"image": image.tolist()}])[0][1]
+    for body in (png_bytes(image), png_bytes(image, size=112, dark_on_light=True), png_bytes(image, fmt="JPEG")):
+        status, answer = service.respond([body])[0]
+        assert status == 200
+        check_answer(answer)
+    status, same = service.respond([png_bytes(image)])[0]
+    assert same["logit"] == pytest.approx(reference["logit"], abs=1e-4)  # lossless 28x28 PNG: same pixels
+
+
+def test_fewer_inked_cells_than_k_gives_all_of_them(service: ImageService) -> None:
+    image = np.zeros((28, 28), dtype=np.float32)
+    image[0:4, 0:8] = 1.0  # two cells of ink
+    answer = service.answer(image[None])[0]
+    assert [w["feature"] for w in sorted(answer["weights"], key=lambda w: w["index"])] == ["r0c0", "r0c1"]
+    blank = service.answer(np.zeros((1, 28, 28), dtype=np.float32))[0]
+    assert blank["weights"] == [] and blank["logit"] == 0.0
+
+
+def test_kserve_envelope_answers_each_instance(service: ImageService) -> None:
+    images = [digit(2), digit(3)]
+    body = {"instances": [{"image": images[0].tolist()}, {"b64": base64.b64encode(png_bytes(images[1])).decode()}]}
+    status, payload = service.respond([json.dumps(body)])[0]
+    assert status == 200 and len(payload["predictions"]) == 2
+    for answer in payload["predictions"]:
+        check_answer(answer)
+
+
+def test_batched_answers_equal_single_answers_and_bad_requests_do_not_spoil_a_batch(service: ImageService) -> None:
+    bodies = [{"image": digit(s).tolist()} for s in range(4)]
+    singles = [service.respond([body])[0] for body in bodies]
+    mixed = service.respond([bodies[0], b"not an image", bodies[1], {"image": [[1, 2]]}, bodies[2], bodies[3]])
+    assert [status for status, _ in mixed] == [200, 400, 200, 400, 200, 200]
+    good = [payload for status, payload in mixed if status == 200]
+    for (_, single), batched in zip(singles, good):
+        assert_same_answer(single, batched)
+
+
+def assert_same_answer(first: dict, second: dict) -> None:
+    """Same label, same features in the same order, numbers equal to float rounding."""
+    assert first["label"] == second["label"]
+    assert [w["feature"] for w in first["weights"]] == [w["feature"] for w in second["weights"]]
+    assert [w["contribution"] for w in first["weights"]] == pytest.approx([w["contribution"] for w in second["weights"]], abs=1e-5)
+    assert first["logit"] == pytest.approx(second["logit"], abs=1e-5)
+
+
+def test_explanations_add_class_weights_and_the_weight_map(service: ImageService) -> None:
+    plain, explained = service.respond([{"image": digit().tolist()}] * 2, explain=[False, True])
+    assert "weight_map" not in plain[1]
+    answer = explained[1]
+    weight_map = np.asarray(answer["weight_map"])
+    assert weight_map.shape == (7, 7) and (weight_map != 0).sum() == len(answer["weights"])
+    for entry in answer["weights"]:
+        assert weight_map[entry["index"] // 7, entry["index"] % 7] == pytest.approx(entry["weight"])
+        assert set(answer["class_weights"][entry["feature"]]) == {"logit(5-9)"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "empty"),
+        (b"GIF89a....", "not a readable PNG/JPEG"),
+        (png_bytes(digit())[:60], "not a readable PNG/JPEG"),
+        (b'{"image": [[0.1, 0.2]]}', "28x28"),
+        (b'{"image": "zero"}', "28x28"),
+        (b'{"picture": []}', "a JSON request must be"),
+        (b'{"image": ' + json.dumps(np.full((28, 28), 0.5).tolist()).replace("0.5", "NaN", 1).encode() + b"}", "NaN"),
+        (b'{"image": ' + json.dumps(np.full((28, 28), 300.0).tolist()).encode() + b"}", "0-255"),
+        (b'{"instances": []}', "non-empty"),
+        (b"{broken json", "not valid JSON"),
+        (b"\x89PNG" + b"\x00" * (2 << 20), "limit"),
+    ],
+)
+def test_bad_requests_are_named_400s(service: ImageService, body: bytes, message: str) -> None:
+    status, payload = service.respond([body])[0]
+    assert status == 400
+    assert message in payload["error"] and "PNG or JPEG" in payload["accepted"]
+    with pytest.raises(RequestError):
+        service.decode(body)

@@ -1,0 +1,204 @@
+"""A real TorchServe on 127.0.0.1 (free ports, logs in a temporary folder) serving a small NGSLL.
+
+Checks the handler end to end: PNG and JSON requests, the contribution-sum invariant, server-side
+batching equal to unbatched answers, the explain endpoints, 400s that leave the worker alive, token
+authorisation in the production config, and the MLflow deployment plugin's create -> predict ->
+explain -> delete cycle.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ts")
+pytest.importorskip("model_archiver")
+
+from conftest import tiny_args  # noqa: E402
+from ngsll import build_model  # noqa: E402
+from ngsll.checkpoint import checkpoint_dict  # noqa: E402
+from ngsll.simplify import cell_names  # noqa: E402
+from ngsll_plugins.torchserve import (  # noqa: E402
+    ServerConfig, TorchServeClient, TorchServeError, build_archive, free_ports, free_worker_port, key_file, start, stop,
+    wait_until_ready,
+)
+from test_serving import assert_same_answer, digit, png_bytes  # noqa: E402
+
+pytestmark = pytest.mark.slow
+CLASSES = ["0-4", "5-9"]
+
+
+def write_model(folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = build_model(tiny_args(num_features=49, image_size=28, k=5))
+    torch.save(checkpoint_dict(model, {"seed": 0}), folder / "model.pt")
+    (folder / "features.json").write_text(json.dumps({"feature_names": cell_names(7), "class_names": CLASSES}))
+    return folder / "model.pt", folder / "features.json"
+
+
+class Server:
+    """A TorchServe started in its own folder; ``client`` talks to it."""
+
+    def __init__(self, root: Path, config: ServerConfig, model: str | None) -> None:
+        self.root, self.config = root, config
+        self.store = root / "model-store"
+        self.client = TorchServeClient(
+            f"http://127.0.0.1:{config.inference_port}", f"http://127.0.0.1:{config.management_port}", timeout=30
+        )
+        start(root, self.store, config.write(root / "config" / "config.properties"))
+        try:
+            if config.token_auth:
+                self.client = TorchServeClient.from_key_file(
+                    key_file(root), inference_url=self.client.inference_url, management_url=self.client.management_url
+                )
+            wait_until_ready(self.client, model)
+        except Exception:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        stop(self.root)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("torchserve")
+    checkpoint, features = write_model(root / "model")
+    build_archive(checkpoint, features, root / "model-store", "ngsll")
+    config = ServerConfig(*free_ports(5), worker_port=free_worker_port(), token_auth=False, model_api=True,
+                          models={"ngsll": {"mar": "ngsll.mar"}})
+    running = Server(root, config, "ngsll")
+    running.client.register("ngsll.mar", "ngsll-batched", batch_size=4, max_batch_delay=300)
+    yield running
+    running.stop()
+
+
+def post(url: str, body: bytes, content_type: str = "application/json", token: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.headers["Content-Type"].startswith("application/json")
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def check_invariant(answer: dict) -> None:
+    assert len(answer["weights"]) == answer["k"] == 5  # the test digits ink more than 5 cells
+    assert sum(w["contribution"] for w in answer["weights"]) == pytest.approx(answer["logit"], abs=1e-4)
+    assert answer["label"] in CLASSES and set(answer["probabilities"]) == set(CLASSES)
+
+
+def test_png_and_json_requests_answer_with_weights(server: Server) -> None:
+    url = f"{server.client.inference_url}/predictions/ngsll"
+    for body, content_type in ((png_bytes(digit()), "image/png"), (json.dumps({"image": digit().tolist()}).encode(), "application/json")):
+        status, answer = post(url, body, content_type)
+        assert status == 200
+        check_invariant(answer)
+    status, envelope = post(url, json.dumps({"instances": [digit(1).tolist(), digit(2).tolist()]}).encode())
+    assert status == 200 and len(envelope["predictions"]) == 2
+
+
+def test_server_side_batching_gives_the_unbatched_answers(server: Server) -> None:
+    bodies = [json.dumps({"image": digit(seed).tolist()}).encode() for seed in range(7)]
+    bodies.insert(3, b'{"image": [[1, 2, 3]]}')
+    unbatched = [post(f"{server.client.inference_url}/predictions/ngsll", body) for body in bodies]
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        batched = list(pool.map(lambda body: post(f"{server.client.inference_url}/predictions/ngsll-batched", body), bodies))
+    assert [status for status, _ in batched] == [200, 200, 200, 400, 200, 200, 200, 200]
+    for (status, single), (_, together) in zip(unbatched, batched):
+        if status == 200:
+            assert_same_answer(single, together)
+
+
+@pytest.mark.parametrize("path", ["/explanations/ngsll", "/v1/models/ngsll:explain"])
+def test_explain_endpoints_add_the_weight_map(server: Server, path: str) -> None:
+    status, answer = post(server.client.inference_url + path, json.dumps({"image": digit().tolist()}).encode())
+    assert status == 200
+    check_invariant(answer)
+    weight_map = np.asarray(answer["weight_map"])
+    assert weight_map.shape == (7, 7) and (weight_map != 0).sum() == 5
+    assert set(answer["class_weights"]) == {w["feature"] for w in answer["weights"]}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"this is not an image", "application/octet-stream"),
+        (png_bytes(digit())[:50], "image/png"),
+        (b'{"image": [[0.5, 0.5]]}', "application/json"),
+        (b'{"image": [[NaN]]}', "application/json"),
+        (b'{"text": ""}', "application/json"),
+        (b"\xff\xd8" + b"\x00" * (1 << 20), "image/jpeg"),
+    ],
+)
+def test_bad_requests_get_400_and_the_worker_stays_alive(server: Server, body: bytes, content_type: str) -> None:
+    url = f"{server.client.inference_url}/predictions/ngsll"
+    status, payload = post(url, body, content_type)
+    assert status == 400
+    assert payload["error"] and "PNG or JPEG" in payload["accepted"]
+    status, answer = post(url, json.dumps({"image": digit().tolist()}).encode())
+    assert status == 200
+    check_invariant(answer)
+
+
+def test_production_config_requires_the_token_and_keeps_the_model_api_off(tmp_path: Path) -> None:
+    checkpoint, features = write_model(tmp_path / "model")
+    build_archive(checkpoint, features, tmp_path / "model-store", "ngsll")
+    config = ServerConfig(*free_ports(5), worker_port=free_worker_port(),
+                          models={"ngsll": {"mar": "ngsll.mar", "batch_size": 4, "max_batch_delay": 5}})
+    assert config.token_auth and not config.model_api and config.bind == "127.0.0.1"
+    server = Server(tmp_path, config, "ngsll")
+    try:
+        url = f"{server.client.inference_url}/predictions/ngsll"
+        body = json.dumps({"image": digit().tolist()}).encode()
+        assert post(url, body)[0] in (400, 401)  # no token: refused
+        status, answer = post(url, body, token=server.client.inference_token)
+        assert status == 200
+        check_invariant(answer)
+        with pytest.raises(TorchServeError) as refused:
+            server.client.register("ngsll.mar", "other")
+        assert refused.value.status == 405
+        with urllib.request.urlopen(f"http://127.0.0.1:{config.metrics_port}/metrics", timeout=10) as metrics:
+            assert b"ts_inference_requests_total" in metrics.read()
+    finally:
+        server.stop()
+
+
+def test_mlflow_deployment_plugin_create_predict_explain_delete(server: Server, tmp_path: Path, monkeypatch) -> None:
+    import mlflow
+    from mlflow.deployments import get_deploy_client
+
+    from ngsll_plugins.tracking import log_pyfunc_model
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("deploy-test")
+    checkpoint, features = write_model(tmp_path / "model")
+    with mlflow.start_run():
+        log_pyfunc_model(checkpoint, features, "ngsll-deploy", digit()[None])
+    monkeypatch.setenv("NGSLL_TS_INFERENCE_URL", server.client.inference_url)
+    monkeypatch.setenv("NGSLL_TS_MANAGEMENT_URL", server.client.management_url)
+    monkeypatch.setenv("NGSLL_TS_MODEL_STORE", str(server.store))
+
+    client = get_deploy_client("torchserve")
+    client.create_deployment("ngsll-deploy", "models:/ngsll-deploy/1", config={"batch_size": 2, "max_batch_delay": 20})
+    assert "ngsll-deploy" in {d["name"] for d in client.list_deployments()}
+    assert client.get_deployment("ngsll-deploy")["modelName"] == "ngsll-deploy"
+    predictions = client.predict("ngsll-deploy", np.stack([digit(3), digit(4)])).get_predictions()
+    assert len(predictions) == 2
+    for answer in predictions.to_dict(orient="records"):
+        check_invariant(answer)
+    explained = client.explain("ngsll-deploy", digit(5)[None])
+    assert np.asarray(explained["predictions"][0]["weight_map"]).shape == (7, 7)
+    client.update_deployment("ngsll-deploy", config={"workers": 1})
+    client.delete_deployment("ngsll-deploy")
+    assert "ngsll-deploy" not in {d["name"] for d in client.list_deployments()}
