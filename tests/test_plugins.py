@@ -59,8 +59,44 @@ def test_mlflow_loads_the_plugin_and_tags_real_runs(tmp_path, monkeypatch) -> No
     monkeypatch.delenv("DVC_ROOT", raising=False)
     assert NGSLLRunContext().in_context()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("run-context")  # forget any experiment an earlier test made active elsewhere
     with mlflow.start_run() as run:
         pass
     tags = mlflow.get_run(run.info.run_id).data.tags
     assert tags["ngsll.git.commit"] == commit
     assert tags["dvc.data.data/prepared/mnist"] == "abc123.dir"
+
+
+@pytest.mark.slow
+def test_evaluator_plugin_computes_normlime_and_faithfulness_for_a_logged_model(tmp_path) -> None:
+    import json as json_module
+
+    import numpy as np
+    import torch
+
+    from conftest import tiny_args
+    from ngsll import build_model
+    from ngsll.checkpoint import checkpoint_dict
+    from ngsll.simplify import cell_names
+    from ngsll_plugins.tracking import log_pyfunc_model
+
+    names = {ep.name: ep.value for ep in entry_points(group="mlflow.model_evaluator")}
+    assert names.get("ngsll") == "ngsll_plugins.evaluator:NGSLLEvaluator"
+    torch.manual_seed(0)
+    model = build_model(tiny_args(num_features=49, image_size=28, k=3))
+    torch.save(checkpoint_dict(model, {}), tmp_path / "model.pt")
+    (tmp_path / "features.json").write_text(json_module.dumps({"feature_names": cell_names(7), "class_names": ["0-4", "5-9"]}))
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((40, 28, 28)) < 0.2).astype(np.float32)
+    labels = (pixels[:, :14].sum(axis=(1, 2)) > pixels[:, 14:].sum(axis=(1, 2))).astype(int)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("evaluator")
+    with mlflow.start_run() as run:
+        info = log_pyfunc_model(tmp_path / "model.pt", tmp_path / "features.json", None, pixels[:2])
+        result = mlflow.models.evaluate(info.model_uri, pixels.reshape(40, -1), targets=labels,
+                                        model_type="classifier", evaluators=["ngsll"])
+    assert 0 <= result.metrics["accuracy"] <= 1
+    assert {"error_gain_at_50/NormLIME", "error_gain_at_50/random"} <= set(result.metrics)
+    logged = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, "ngsll_evaluation")}
+    assert logged == {"ngsll_evaluation/importance.json", "ngsll_evaluation/class_maps.png",
+                      "ngsll_evaluation/faithfulness.png"}

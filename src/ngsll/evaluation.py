@@ -65,14 +65,18 @@ def time_explanations(
 
 
 def format_table(
-    rows: dict[str, dict[int, float]], ks: Sequence[int], title: str = "accuracy", precision: int = 3
+    rows: dict[str, dict[int, float]],
+    ks: Sequence[int],
+    title: str = "accuracy",
+    precision: int = 3,
+    column: str = "K = {}",
 ) -> str:
-    """A Markdown table: one row per model, one column per K; a missing entry shows as ``-``.
+    """A Markdown table: one row per model, one column per K (header ``column``); missing shows as ``-``.
 
     ``rows`` maps model name -> {K: value}; a model constant in K (the DNN) may give one value under any K,
     which is then shown in every column.
     """
-    header = f"| {title} | " + " | ".join(f"K = {k}" for k in ks) + " |"
+    header = f"| {title} | " + " | ".join(column.format(k) for k in ks) + " |"
     lines = [header, "|" + "---|" * (len(ks) + 1)]
     for name, values in rows.items():
         constant = next(iter(values.values())) if len(values) == 1 else None

@@ -76,3 +76,21 @@ def accuracy_vs_k_figure(accuracy: dict[str, dict[int, float]], ks: Sequence[int
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def faithfulness_figure(gains: dict[str, dict[str, dict[float, float]]]) -> Figure:
+    """Keep-And-Retrain curves: test-error gain against the fraction of features removed, per ranking.
+
+    ``gains`` maps a panel title (e.g. ``K=5``) -> ranking -> fraction -> error gain.
+    """
+    figure, axes = plt.subplots(1, len(gains), figsize=(4.2 * len(gains), 3.4), squeeze=False, sharey=True)
+    for axis, (title, rankings) in zip(axes[0], gains.items()):
+        for name, curve in rankings.items():
+            fractions = sorted(curve)
+            axis.plot([100 * f for f in fractions], [curve[f] for f in fractions], marker="o", markersize=3, label=name)
+        axis.set(title=title, xlabel="% of features removed (least important first)")
+        axis.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("test error gain")
+    axes[0, -1].legend(fontsize=7)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,111 @@
+"""Global views to compare with NormLIME: batched local weights, the DNN's input gradient, and a
+Keep-And-Retrain style faithfulness check of any feature ranking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from ngsll.errors import InputError
+from ngsll.explain import answered_class
+from ngsll.model import DNNClassifier, NGSLL
+from ngsll.normlime import NormLIME
+from ngsll.train import TensorData, predict_labels
+
+
+@torch.inference_mode()
+def accumulate_normlime(model: NGSLL, data: TensorData, num_classes: int, batch_size: int = 1024) -> NormLIME:
+    """Run ``model`` over ``data`` in batches and feed each sample's sparse weights of the answered
+    output (the logit for binary models) with its predicted label into a :class:`NormLIME`."""
+    model.eval()
+    normlime = NormLIME(model.args.num_features, num_classes)
+    for start in range(0, len(data), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(data)), device=data.y.device)
+        x, z, _ = data.batch(index)
+        output = model(x, z)
+        answered = answered_class(output.logits, model.args.task)  # (B,)
+        weights = output.weights.gather(-1, answered.view(-1, 1, 1).expand(-1, z.shape[1], 1))[..., 0]  # (B, d)
+        predicted = predict_labels(output.logits, model.args.task)  # (B,)
+        normlime.update(weights.cpu().numpy(), predicted.cpu().numpy())
+    return normlime
+
+
+@dataclass
+class GradientView:
+    """The DNN's average input gradient pooled to the simplified cells, and its linear surrogate.
+
+    mean_gradient: (d,) average d(logit)/dz over the split (chain rule: the sum of the pixel gradients
+    in each cell, since every pixel of a cell moves with its mean). surrogate_agreement: how often
+    sign(z^T mean_gradient) agrees with the DNN's own decision.
+    """
+
+    mean_gradient: np.ndarray
+    surrogate_agreement: float
+
+
+def input_gradient_view(model: DNNClassifier, data: TensorData, cells: int, batch_size: int = 512) -> GradientView:
+    """Average gradient of a binary DNN's logit with respect to its input, pooled to ``cells`` x ``cells``."""
+    if model.args.task != "binary":
+        raise InputError("the gradient view is implemented for binary models (one logit)")
+    model.eval()
+    total = torch.zeros(cells * cells, device=data.y.device)
+    for start in range(0, len(data), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(data)), device=data.y.device)
+        x, z, _ = data.batch(index)
+        x = x.clone().requires_grad_(True)
+        logits = model(x)[:, 0]  # (B,)
+        (gradient,) = torch.autograd.grad(logits.sum(), x)  # (B, 1, H, H)
+        side = gradient.shape[-1] // cells
+        pooled = gradient[:, 0].reshape(len(index), cells, side, cells, side).sum(dim=(2, 4))  # (B, c, c)
+        total += pooled.reshape(len(index), -1).sum(dim=0).detach()
+    mean_gradient = (total / len(data)).cpu().numpy()
+    agree = 0
+    with torch.inference_mode():  # second pass: the surrogate needs the finished mean gradient
+        for start in range(0, len(data), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(data)), device=data.y.device)
+            x, z, _ = data.batch(index)
+            dnn_decision = model(x)[:, 0] > 0
+            surrogate = z.cpu().numpy() @ mean_gradient > 0
+            agree += int((surrogate == dnn_decision.cpu().numpy()).sum())
+    return GradientView(mean_gradient=mean_gradient, surrogate_agreement=agree / len(data))
+
+
+def keep_and_retrain(
+    rankings: dict[str, np.ndarray],
+    train_z: np.ndarray,
+    train_y: np.ndarray,
+    test_z: np.ndarray,
+    test_y: np.ndarray,
+    fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+) -> dict[str, dict[float, float]]:
+    """Error gain after removing the least important fraction of features by each ranking.
+
+    For each ranking (feature -> importance, higher is more important) and fraction p, the
+    ``round(p * d)`` least important features are dropped, a logistic regression is retrained on the
+    rest of ``train_z`` and its test error is compared with the error using every feature.
+
+    Returns:
+        ``{ranking: {p: test error(p) - test error(all features)}}``.
+    """
+    num_features = train_z.shape[1]
+    baseline_error = _retrained_error(train_z, train_y, test_z, test_y, np.arange(num_features))
+    gains: dict[str, dict[float, float]] = {}
+    for name, importance in rankings.items():
+        if importance.shape != (num_features,):
+            raise InputError(f"ranking {name!r} must have shape ({num_features},), got {importance.shape}")
+        order = np.argsort(importance, kind="stable")  # least important first
+        gains[name] = {}
+        for fraction in fractions:
+            kept = np.sort(order[int(round(fraction * num_features)) :])
+            gains[name][fraction] = _retrained_error(train_z, train_y, test_z, test_y, kept) - baseline_error
+    return gains
+
+
+def _retrained_error(train_z, train_y, test_z, test_y, kept: np.ndarray) -> float:
+    classifier = LogisticRegression(max_iter=500).fit(train_z[:, kept], train_y)
+    return float((classifier.predict(test_z[:, kept]) != test_y).mean())

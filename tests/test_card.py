@@ -1,0 +1,61 @@
+"""Model cards: every section present, missing values visible, every figure embedded in the HTML."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from ngsll.card import render_html, render_markdown
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "pipeline" / "templates" / "model_card.md.j2"
+SECTIONS = ["Model details", "Intended use", "Training data", "Training procedure", "Evaluation", "Interpretation",
+            "Explanation latency", "Limitations and ethical considerations", "How to call the served endpoint"]
+FIGURES = ["figures/accuracy_vs_k.png", "figures/weights.png", "explain/class_maps.png", "explain/global_maps.png",
+           "explain/faithfulness.png"]
+
+
+def context() -> dict:
+    """What a tiny model's pipeline would supply, minus the git commit and MLflow run (left missing)."""
+    return {
+        "model": {"name": "ngsll-tiny", "k": 3, "version": "1.0", "registered_name": "ngsll-tiny",
+                  "conv_channels": [2, 2, 2], "hidden_layers": 1, "hidden_units": 8},
+        "version": {"data": {"data/prepared/mnist": "abc.dir"}},
+        "dataset": {"name": "mnist", "description": "MNIST, binary labels 0-4 vs 5-9", "seed": 0,
+                    "train": 100, "validation": 20, "test": 30},
+        "validation": [{"name": "raw", "verdict": "passed", "passed": 18, "total": 18}],
+        "training": [{"name": "coarse", "k": 10, "tau": 1.0, "optimizer": "adam", "lr": 1e-3, "epochs": 2,
+                      "best_epoch": 1, "seconds": 1.0, "device": "cpu"}],
+        "evaluation": {"table": "| test accuracy | K = 3 |\n|---|---|\n| NGSLL | 0.900 |", "ngsll_accuracy": {3: 0.9}},
+        "interpretation": {"examples": [{"digit": 7, "label": "5-9", "logit": 1.5, "cells": "r2c3 (+1.50)"}],
+                           "surrogate_agreement": 0.8, "faithfulness_table": "(table)"},
+        "latency": {"table": "(latency)"},
+        "serve": {"inference_port": 8080, "model_name": "ngsll-tiny"},
+    }
+
+
+def test_card_has_every_section_front_matter_and_visible_placeholders(tmp_path: Path) -> None:
+    card = render_markdown(TEMPLATE.read_text(), context())
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "ngsll" and front["datasets"] == ["mnist"]
+    assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.9
+    for section in SECTIONS:
+        assert f"## {section}" in card, section
+    assert "`[missing: commit]`" in card and "`[missing: mlflow_run_id]`" in card
+
+
+def test_html_embeds_every_figure_and_loads_nothing_external(tmp_path: Path) -> None:
+    for figure in FIGURES:
+        (tmp_path / figure).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(tmp_path / figure)
+    card = render_markdown(TEMPLATE.read_text(), context())
+    html = render_html(card, tmp_path, "card")
+    images = re.findall(r"<img [^>]*>", html)
+    assert len(images) == len(FIGURES)
+    assert all('src="data:image/png;base64,' in image for image in images)
+    assert "<script" not in html and "http://" not in html.split("<body>")[0] and "<table>" in html
+    (tmp_path / FIGURES[0]).unlink()
+    assert "[missing: figures/accuracy_vs_k.png]" in render_html(card, tmp_path, "card")
