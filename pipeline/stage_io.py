@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,15 @@ def save_figure(figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def finish_gate(report, report_path: Path, html_path: Path, stage: str) -> None:
+    """Write a data-quality gate's JSON and HTML reports; exit non-zero with its summary if it failed."""
+    write_json(report_path, {"success": report.success, "failures": report.failures, "results": report.results})
+    html_path.write_text(report.to_html(stage))
+    if not report.success:
+        sys.exit(f"{stage} failed: {report.summary()}\nfull report: {report_path}")
+    log.info("%s: %s", stage, report.summary())
 
 
 def require_passed(report_path: Path) -> None:

@@ -7,7 +7,6 @@ labels in the class set, class balance within tolerance, train and validation id
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pandas as pd
 
 from ngsll.config import section
 from ngsll.quality import disjoint_checks, prepared_checks, prepared_frame, run_checks
-from stage_io import load_params, log, setup_logging, write_json
+from stage_io import finish_gate, load_params, setup_logging
 
 SPLITS = ("train", "validation", "test")
 
@@ -41,11 +40,7 @@ def main() -> None:
     batches = {split: (frame, checks) for split, frame in frames.items()}
     batches["train+validation"] = (pd.concat([frames["train"], frames["validation"]]), disjoint_checks())
     report = run_checks(batches, suite_name="prepared")
-    write_json(args.report, {"success": report.success, "failures": report.failures, "results": report.results})
-    args.html.write_text(report.to_html("validate_prepared"))
-    if not report.success:
-        sys.exit(f"validate_prepared failed: {report.summary()}\nfull report: {args.report}")
-    log.info("validate_prepared: %s", report.summary())
+    finish_gate(report, args.report, args.html, "validate_prepared")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,13 @@ on stderr, the full result as JSON and HTML, and a non-zero exit that stops `dvc
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from ngsll.config import section
 from ngsll.quality import raw_checks, raw_image_frame, run_checks
-from stage_io import load_params, log, setup_logging, write_json
+from stage_io import finish_gate, load_params, setup_logging
 
 
 def main() -> None:
@@ -37,11 +36,7 @@ def main() -> None:
             )
             batches[split] = (frame, checks)
     report = run_checks(batches, suite_name="raw")
-    write_json(args.report, {"success": report.success, "failures": report.failures, "results": report.results})
-    args.html.write_text(report.to_html("validate_raw"))
-    if not report.success:
-        sys.exit(f"validate_raw failed: {report.summary()}\nfull report: {args.report}")
-    log.info("validate_raw: %s", report.summary())
+    finish_gate(report, args.report, args.html, "validate_raw")
 
 
 if __name__ == "__main__":

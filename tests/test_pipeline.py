@@ -28,7 +28,7 @@ from ngsll.data.mnist import IDX_FILES
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-COPIED = ("pipeline", "dvc.yaml", "MLproject", ".dvcignore", "src/ngsll")
+COPIED = ("pipeline", "dvc.yaml", "MLproject", ".dvcignore", "src/ngsll", "handlers", "plugins/ngsll_plugins")
 
 
 def environment(repo: Path) -> dict[str, str]:
@@ -60,6 +60,7 @@ def tiny_params(source: str, data_path: Path) -> dict:
         params["train"][phase].update(max_epochs=1, patience=1)
     params["baselines"]["cv_folds"] = 2
     params["evaluate"].update(timing_samples=16, single_samples=4, figure_digits_per_class=1)
+    params["serve"]["k"] = 3
     return params
 
 
@@ -69,7 +70,7 @@ def make_repo(root: Path, params: dict) -> Path:
     for name in COPIED:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy(source, repo / name)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -106,6 +107,16 @@ def test_repro_produces_metrics_table_figures_and_loadable_models(pipeline_repo:
     assert checkpoint["model_args"]["k"] == 3 and checkpoint["model_args"]["tau"] == 0.1
     assert checkpoint["params"]["train"]["ks"] == [1, 3]
     assert model_from_checkpoint(checkpoint).args.k == 3
+    serve = pipeline_repo / "models/mnist/serve"
+    assert (serve / "model-store/ngsll-mnist.mar").stat().st_size > 1000
+    properties = (serve / "config/config.properties").read_text()
+    assert "disable_token_authorization=false" in properties and "enable_model_api=false" in properties
+    assert "inference_address=http://127.0.0.1:" in properties and "metrics_mode=prometheus" in properties
+    card = (pipeline_repo / "reports/mnist/model_card.md").read_text()
+    assert "## Interpretation" in card and "[missing:" not in card
+    assert (pipeline_repo / "reports/mnist/model_card.html").read_text().count("data:image/png;base64,") == 5
+    explain = json.loads((pipeline_repo / "metrics/mnist/explain.json").read_text())
+    assert set(explain["error_gain_at_50"]) == {"K=1", "K=3"}
     for gate in ("raw", "prepared"):
         assert json.loads((pipeline_repo / f"reports/mnist/validation/{gate}.json").read_text())["success"]
 
@@ -119,7 +130,7 @@ def test_second_repro_is_a_no_op_and_fine_params_rerun_only_what_follows(pipelin
     assert changed == {"train_fine@1", "train_fine@3"}  # evaluate follows them once they change
     output = run(["dvc", "repro"], pipeline_repo).stdout
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train_fine@1", "train_fine@3", "evaluate"}
+    assert ran == {"train_fine@1", "train_fine@3", "evaluate", "explain", "card", "package"}
 
 
 def free_port() -> int:
