@@ -8,6 +8,7 @@ uses the same network with a different output size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,6 +60,18 @@ class ImageWeightGenerator(nn.Module):
             raise ConfigError(f"image_size {image_size} is too small for three 2x2 poolings")
         self.features = nn.Sequential(*blocks, nn.Flatten())
         self.head = mlp_head(channels * side * side, hidden_layers, hidden_units, out_features)
+
+    @classmethod
+    def for_model(cls, args: Any, out_features: int) -> ImageWeightGenerator:
+        """The generator described by a model's :class:`ngsll.model.ModelArgs`, with ``out_features`` outputs."""
+        return cls(
+            in_channels=args.in_channels,
+            image_size=args.image_size,
+            conv_channels=args.conv_channels,
+            hidden_layers=args.hidden_layers,
+            hidden_units=args.hidden_units,
+            out_features=out_features,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))  # (B, out_features)

@@ -120,14 +120,7 @@ class NGSLL(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        self.generator = ImageWeightGenerator(
-            in_channels=args.in_channels,
-            image_size=args.image_size,
-            conv_channels=args.conv_channels,
-            hidden_layers=args.hidden_layers,
-            hidden_units=args.hidden_units,
-            out_features=args.num_features * args.num_outputs,
-        )
+        self.generator = ImageWeightGenerator.for_model(args, out_features=args.num_features * args.num_outputs)
         self.gate = KHotGate(args.k, args.tau)
 
     def set_gate(self, k: int, tau: float) -> None:
@@ -175,14 +168,7 @@ class DNNClassifier(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        self.generator = ImageWeightGenerator(
-            in_channels=args.in_channels,
-            image_size=args.image_size,
-            conv_channels=args.conv_channels,
-            hidden_layers=args.hidden_layers,
-            hidden_units=args.hidden_units,
-            out_features=args.num_outputs,
-        )
+        self.generator = ImageWeightGenerator.for_model(args, out_features=args.num_outputs)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Return (B, C) logits for (B, C_in, H, H) images."""

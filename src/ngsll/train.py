@@ -228,7 +228,7 @@ def train_phase(
             optimizer.step()
             running += loss.item()
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{running / step:.4f}")
+                bar.set_postfix(loss=f"{running / step:.4f}", refresh=False)  # redraw on tqdm's own clock
         val = evaluate(model, validation)
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "train_loss": running / len(batches), "val_loss": val["loss"], "lr": lr,
