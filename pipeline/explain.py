@@ -12,7 +12,8 @@ import numpy as np
 
 from ngsll.config import section
 from ngsll.evaluation import format_table
-from ngsll.importance import accumulate_normlime, input_gradient_view, keep_and_retrain
+from ngsll.importance import accumulate_normlime, input_gradient_view, keep_and_retrain, lime_local_weights
+from ngsll.normlime import NormLIME
 from ngsll.plots import faithfulness_figure, weight_overlay_figure
 from ngsll.train import TensorData, pick_device
 from ngsll_plugins.tracking import configure
@@ -44,6 +45,15 @@ def main() -> None:
     train = load_split(args.data_dir / "train.npz")
     subset = rng.choice(len(train.y), size=min(int(settings["retrain_samples"]), len(train.y)), replace=False)
     random_ranking = rng.permutation(len(names)).astype(float)
+    extra_rankings = {}
+    if settings["lime"]["enabled"]:  # LIME of the DNN, aggregated by NormLIME; slow, hence capped
+        count = min(int(settings["lime"]["samples"]), len(split.y))
+        lime_weights, lime_predicted = lime_local_weights(
+            load_model(args.dnn, device), split.x[:count, 0], cells, int(settings["lime"]["num_samples"]), int(params["seed"])
+        )
+        lime_normlime = NormLIME(len(names), len(classes)).update(lime_weights, lime_predicted)
+        extra_rankings["NormLIME over LIME (DNN)"] = lime_normlime.global_importance_
+        log.info("LIME explained %d %s digits of the DNN", count, settings["split"])
 
     importance: dict[str, dict] = {"feature_names": names, "class_names": classes, "split": settings["split"],
                                    "dnn_mean_gradient": gradient.mean_gradient.tolist(), "by_k": {}}
@@ -63,13 +73,15 @@ def main() -> None:
         }
         rankings = {"NormLIME": normlime.global_importance_, "SP-LIME": normlime.sp_lime_,
                     "mean abs weight": normlime.mean_abs_, "abs mean gradient (DNN)": np.abs(gradient.mean_gradient),
-                    "random": random_ranking}
+                    **extra_rankings, "random": random_ranking}
         gains[f"K={k}"] = keep_and_retrain(rankings, train.z[subset], train.y[subset], split.z, split.y,
                                            fractions=[float(f) for f in settings["fractions"]])
         class_maps[f"NormLIME signed, K={k}"] = normlime.class_signed_.reshape(-1, cells, cells)
         global_maps[f"K={k}"] = {name: ranking for name, ranking in rankings.items() if name != "random"}
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if extra_rankings:
+        importance["lime_normlime_dnn"] = extra_rankings["NormLIME over LIME (DNN)"].tolist()
     write_json(args.out_dir / "importance.json", importance)
     average_digits = np.stack([split.x[split.y == c, 0].mean(axis=0) for c in range(len(classes))])  # (C, 28, 28)
     save_figure(weight_overlay_figure(average_digits, class_maps, [f"class {c} (average digit)" for c in classes]),

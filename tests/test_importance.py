@@ -60,3 +60,27 @@ def test_keep_and_retrain_punishes_a_ranking_that_drops_the_informative_features
     gains = keep_and_retrain({"good": good, "bad": bad}, z[:400], y[:400], z[400:], y[400:], fractions=(0.5,))
     assert gains["good"][0.5] < 0.05
     assert gains["bad"][0.5] > 0.2
+
+
+def test_lime_recovers_the_cells_a_model_uses() -> None:
+    pytest.importorskip("lime")
+    from ngsll.importance import lime_local_weights
+
+    class TwoCellModel(torch.nn.Module):
+        """A 'DNN' whose logit is 8 * (mean ink of cell 0) - 8 * (mean ink of cell 3) on 8x8 images."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.args = tiny_args(kind="dnn", num_features=4)
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+            cells = x[:, 0].reshape(-1, 2, 4, 2, 4).mean(dim=(2, 4)).reshape(-1, 4)
+            return (8 * cells[:, 0] - 8 * cells[:, 3])[:, None] + self.anchor
+
+    images = np.ones((2, 8, 8), dtype=np.float32)
+    weights, predicted = lime_local_weights(TwoCellModel(), images, cells=2, num_samples=300)
+    assert weights.shape == (2, 4) and predicted.shape == (2,)
+    for row in weights:
+        assert row[0] > 0 > row[3]
+        assert min(abs(row[0]), abs(row[3])) > 5 * max(abs(row[1]), abs(row[2]))

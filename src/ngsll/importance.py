@@ -109,3 +109,43 @@ def keep_and_retrain(
 def _retrained_error(train_z, train_y, test_z, test_y, kept: np.ndarray) -> float:
     classifier = LogisticRegression(max_iter=500).fit(train_z[:, kept], train_y)
     return float((classifier.predict(test_z[:, kept]) != test_y).mean())
+
+
+def lime_local_weights(
+    model: DNNClassifier, images: np.ndarray, cells: int, num_samples: int = 1000, seed: int = 0, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Local LIME explanations of a binary DNN over the ``cells`` x ``cells`` grid (the ``lime`` package).
+
+    Each image is segmented into the same grid as the simplified input; LIME hides cells (ink set to 0),
+    scores the perturbed images with the DNN and fits its weighted ridge model. Returns the (N, d) weights
+    for class 1 and the DNN's (N,) predicted labels, ready for :class:`NormLIME`. Costs ``num_samples``
+    DNN evaluations per image, which is why the explain stage caps the count and keeps it off by default.
+    """
+    from lime import lime_image  # optional dependency: the `explainers` extra
+
+    if model.args.task != "binary":
+        raise InputError("LIME explanations are implemented for binary models")
+    side = images.shape[-1]
+    block = side // cells
+    grid = (np.arange(side)[:, None] // block) * cells + (np.arange(side)[None, :] // block)  # (H, H) cell ids
+    device = next(model.parameters()).device
+    model.eval()
+
+    @torch.inference_mode()
+    def probabilities(batch: np.ndarray) -> np.ndarray:  # (n, H, H, 3) RGB from LIME -> (n, 2)
+        x = torch.as_tensor(batch[..., 0], dtype=torch.float32, device=device)[:, None]  # (n, 1, H, H)
+        positive = torch.sigmoid(model(x)[:, 0]).cpu().numpy()
+        return np.stack([1 - positive, positive], axis=1)
+
+    explainer = lime_image.LimeImageExplainer(random_state=seed)
+    weights = np.zeros((len(images), cells * cells))
+    for row, image in enumerate(images):
+        explanation = explainer.explain_instance(
+            image.astype(np.float64), probabilities, labels=(1,), hide_color=0, top_labels=None,
+            num_features=cells * cells, num_samples=num_samples, batch_size=batch_size,
+            segmentation_fn=lambda _: grid, random_seed=seed + row,
+        )
+        for cell, weight in explanation.local_exp[1]:
+            weights[row, cell] = weight
+    predicted = probabilities(np.repeat(images[..., None], 3, axis=-1)).argmax(axis=1)
+    return weights, predicted
