@@ -13,23 +13,24 @@ invariant intact (contributions add up to the logit). Timings are measured here,
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ngsll_plugins.torchserve import (
-    ServerConfig, TorchServeClient, free_ports, free_worker_port, key_file, start, stop, wait_until_ready,
+    ServerConfig, TorchServeClient, TorchServeError, free_ports, free_worker_port, key_file, start, stop,
+    wait_until_ready,
 )
 
 
-def drive(url: str, token: str, body: bytes, clients: int, seconds: float) -> dict[str, float]:
-    """``clients`` threads POST ``body`` back to back for ``seconds``; returns latency stats in ms."""
+def drive(call: Callable[[str, bytes, str], Any], name: str, body: bytes, clients: int, seconds: float) -> dict[str, float]:
+    """``clients`` threads send ``body`` through ``call`` (a client's predict or explain) back to back for
+    ``seconds``; returns latency stats in ms over the answers that kept the invariant."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -37,20 +38,18 @@ def drive(url: str, token: str, body: bytes, clients: int, seconds: float) -> di
 
     def client() -> None:
         while time.monotonic() < deadline:
-            request = urllib.request.Request(
-                url, data=body, method="POST", headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"}
-            )
             started = time.perf_counter()
             try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    answer = json.loads(response.read())
+                answer = call(name, body, "image/png")
                 ok = abs(sum(w["contribution"] for w in answer["weights"]) - answer["logit"]) < 1e-4
-            except (urllib.error.URLError, OSError, ValueError, KeyError):
+            except (TorchServeError, OSError, ValueError, KeyError, TypeError):
                 ok = False
             elapsed = (time.perf_counter() - started) * 1000
             with lock:
-                latencies.append(elapsed) if ok else None
-                errors[0] += 0 if ok else 1
+                if ok:
+                    latencies.append(elapsed)
+                else:
+                    errors[0] += 1
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     started = time.monotonic()
@@ -89,13 +88,12 @@ def main() -> None:
             try:
                 client = TorchServeClient.from_key_file(
                     key_file(root), inference_url=f"http://127.0.0.1:{ports[0]}",
-                    management_url=f"http://127.0.0.1:{ports[1]}",
+                    management_url=f"http://127.0.0.1:{ports[1]}", timeout=30,
                 )
                 wait_until_ready(client, name)
-                for endpoint in ("predictions", "explanations"):
-                    url = f"{client.inference_url}/{endpoint}/{name}"
-                    drive(url, client.inference_token, body, 2, 1.0)  # warm-up
-                    stats = drive(url, client.inference_token, body, args.clients, args.seconds)
+                for endpoint, call in (("predictions", client.predict), ("explanations", client.explain)):
+                    drive(call, name, body, 2, 1.0)  # warm-up
+                    stats = drive(call, name, body, args.clients, args.seconds)
                     rows.append((endpoint, batch_size, stats))
             finally:
                 stop(root)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import yaml
 from test_data import fake_mnist, write_idx
 from ngsll.checkpoint import model_from_checkpoint
 from ngsll.data.mnist import IDX_FILES
+from ngsll_plugins.torchserve import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -133,12 +133,6 @@ def test_second_repro_is_a_no_op_and_fine_params_rerun_only_what_follows(pipelin
     assert ran == {"train_fine@1", "train_fine@3", "evaluate", "explain", "card", "package"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def rest(port: int, path: str, payload: dict, method: str = "POST") -> dict:
     """Call MLflow's REST API: POST with a JSON body, or GET with the payload as the query string."""
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/{path}"
@@ -151,7 +145,7 @@ def rest(port: int, path: str, payload: dict, method: str = "POST") -> dict:
 
 
 def test_mlflow_server_shows_nested_runs_baselines_and_the_registered_model(pipeline_repo: Path, tmp_path) -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{pipeline_repo / 'mlflow.db'}",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

@@ -36,9 +36,9 @@ class NGSLLEvaluator(ModelEvaluator):
                  custom_artifacts=None, predictions=None, **kwargs) -> EvaluationResult:
         import matplotlib.pyplot as plt
 
-        wrapper = model.unwrap_python_model()  # ngsll_plugins.pyfunc.NGSLLPyfunc
-        ngsll_model, names, classes = wrapper.model, wrapper.feature_names, wrapper.class_names
-        side, cells = ngsll_model.args.image_size, wrapper.cells
+        service = model.unwrap_python_model().service  # ngsll_plugins.pyfunc.NGSLLPyfunc's ImageService
+        ngsll_model, names, classes = service.model, service.feature_names, service.class_names
+        side, cells = service.side, service.cells
         pixels = np.asarray(dataset.features_data, dtype=np.float32).reshape(-1, side, side)
         labels = np.asarray(dataset.labels_data).astype(np.int64)
         x, z = image_inputs(pixels, cells)

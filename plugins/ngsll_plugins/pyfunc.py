@@ -16,8 +16,7 @@ import pandas as pd
 import torch
 
 from ngsll.checkpoint import model_from_checkpoint
-from ngsll.explain import predict_explain
-from ngsll.simplify import image_inputs
+from ngsll.serving import ImageService
 
 
 class NGSLLPyfunc(mlflow.pyfunc.PythonModel):
@@ -25,20 +24,15 @@ class NGSLLPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         checkpoint = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=True)
-        self.model = model_from_checkpoint(checkpoint)
         with open(context.artifacts["features"]) as handle:
             features = json.load(handle)
-        self.feature_names, self.class_names = features["feature_names"], features["class_names"]
-        self.cells = int(round(len(self.feature_names) ** 0.5))
+        # The same service the TorchServe handler uses, so both answer identically.
+        self.service = ImageService(model_from_checkpoint(checkpoint), features["feature_names"], features["class_names"])
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
-        pixels = np.asarray(model_input, dtype=np.float32)
-        side = self.model.args.image_size
-        pixels = pixels.reshape(len(pixels), side, side)  # (N, H, H)
-        x, z = image_inputs(pixels, self.cells)
-        answers = predict_explain(
-            self.model, torch.from_numpy(x), torch.from_numpy(z), self.feature_names, self.class_names
-        )
+        side = self.service.side
+        pixels = np.asarray(model_input, dtype=np.float32).reshape(-1, side, side)  # (N, H, H)
+        answers = self.service.answer(pixels)
         return pd.DataFrame({
             "label": [a["label"] for a in answers],
             "class_index": [a["class_index"] for a in answers],
