@@ -2,6 +2,7 @@
 
 Logs the test metrics and pictures to each model's MLflow run; Ridge, Lasso and the ablation get one
 run per K with the same metric names, so the MLflow compare view lines every model up at each K.
+Pictures: weight maps over digits (images) or test sentences with coloured words (text, paper Figure 5).
 """
 
 from __future__ import annotations
@@ -14,21 +15,27 @@ import numpy as np
 import torch
 
 from ngsll.baselines import LINEAR_MODELS, LinearBaseline
-from ngsll.config import section
+from ngsll.config import dataset_settings, section
 from ngsll.evaluation import format_table, time_explanations
+from ngsll.explain import answered_class
 from ngsll.plots import accuracy_vs_k_figure, training_curves_figure, weight_overlay_figure
-from ngsll.train import TensorData, device_description, evaluate, pick_device
+from ngsll.textviz import ExplainedSentence, sentences_page
+from ngsll.train import TensorData, device_description, evaluate, pick_device, predict_labels
 from ngsll_plugins.tracking import configure, start_run
-from stage_io import load_checkpoint, load_params, load_split, log, save_figure, setup_logging, write_json
+from stage_io import (
+    load_checkpoint, load_model, load_params, load_split, log, read_json, save_figure, setup_logging, write_json,
+)
 
 NGSLL, DENSE, DNN = "NGSLL", "NGSLL (w/o K-HGM)", "DNN"
+TITLES = {"mnist": "binary MNIST", "trec": "TREC", "mr": "MR (movie-review polarity)"}
 
 
 def linear_models(weights_path: Path) -> dict[str, LinearBaseline]:
     with np.load(weights_path) as stored:
+        task = str(stored["task"]) if "task" in stored.files else "binary"
         return {
             name.capitalize(): LinearBaseline(
-                name, "binary", stored[f"{name}_coef"], stored[f"{name}_intercept"], float(stored[f"{name}_alpha"])
+                name, task, stored[f"{name}_coef"], stored[f"{name}_intercept"], float(stored[f"{name}_alpha"])
             )
             for name in LINEAR_MODELS
         }
@@ -42,8 +49,28 @@ def weight_maps(model, data: TensorData, cells: int) -> np.ndarray:
     return weights[..., 0].cpu().numpy().reshape(-1, cells, cells)
 
 
+def explained_sentences(models: dict, ks: list[int], split, chosen: np.ndarray, class_names: list[str],
+                        words: list[str], device: torch.device) -> list[ExplainedSentence]:
+    """The chosen test sentences with, per K, the answered class and the weights of the chosen words."""
+    sentences = [ExplainedSentence(split.texts[i], class_names[split.y[i]]) for i in chosen]
+    sample = TensorData.from_arrays(split.x[chosen], split.z[chosen], split.y[chosen], device=device)
+    for k in ks:
+        model = models[k]
+        with torch.inference_mode():
+            output = model(sample.x, sample.z)
+        answered = answered_class(output.logits, model.args.task)  # (n,)
+        class_weights = output.weights.gather(-1, answered.view(-1, 1, 1).expand(-1, output.weights.shape[1], 1))
+        class_weights = class_weights[..., 0].cpu().numpy()  # (n, d)
+        predicted = predict_labels(output.logits, model.args.task).cpu().numpy()  # (n,)
+        for row, sentence in enumerate(sentences):
+            chosen_words = {words[j]: float(class_weights[row, j]) for j in np.flatnonzero(class_weights[row])}
+            sentence.answers[f"NGSLL K={k}"] = (class_names[predicted[row]], chosen_words)
+    return sentences
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", default="mnist", help="mnist or a name under text.datasets")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--fine-dir", type=Path, required=True, help="folder of fine checkpoints k<K>.pt")
     parser.add_argument("--coarse", type=Path, required=True)
@@ -53,20 +80,21 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
     parser.add_argument("--accuracy-plot", type=Path, required=True, help="accuracy-versus-K rows (JSON)")
     parser.add_argument("--table", type=Path, required=True, help="Markdown table")
-    parser.add_argument("--figures", type=Path, required=True, help="folder for PNG figures")
+    parser.add_argument("--figures", type=Path, required=True, help="folder for PNG figures (and sentences.html)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     setup_logging()
     params = load_params(args.params)
-    settings, ks = section(params, "evaluate"), [int(k) for k in section(params, "train", "ks")]
-    cells = int(section(params, "data", "cells"))
+    dataset = dataset_settings(params, args.dataset)
+    settings, ks = section(params, "evaluate"), [int(k) for k in section(dataset.train, "ks")]
+    features = read_json(args.data_dir / "features.json")
     device = pick_device(params.get("device", "auto"))
     test_split = load_split(args.data_dir / "test.npz")
     test = TensorData.from_arrays(test_split.x, test_split.z, test_split.y, device=device)
 
     checkpoints = {k: load_checkpoint(args.fine_dir / f"k{k}.pt") for k in ks}
     checkpoints |= {"dense": load_checkpoint(args.dense), "dnn": load_checkpoint(args.dnn)}
-    models = {key: _model(checkpoint, device) for key, checkpoint in checkpoints.items()}
+    models = {key: load_model(checkpoint, device) for key, checkpoint in checkpoints.items()}
     accuracy: dict[str, dict[int, float]] = {NGSLL: {}, DENSE: {}}
     timing: dict[str, dict[str, float]] = {}
     timed = slice(0, int(settings["timing_samples"]))
@@ -82,7 +110,7 @@ def main() -> None:
         accuracy[name] = {k: float((model.predict(test_split.z, k) == test_split.y).mean()) for k in ks}
     accuracy[DNN] = {0: evaluate(models["dnn"], test)["accuracy"]}
 
-    table = format_table(accuracy, ks, title="binary MNIST test accuracy")
+    table = format_table(accuracy, ks, title=f"{TITLES.get(args.dataset, args.dataset)} test accuracy")
     timing_rows = {
         "NGSLL batched": {k: timing[str(k)]["ms_per_sample_batched"] for k in ks},
         "NGSLL single": {k: timing[str(k)]["ms_per_sample_single"] for k in ks},
@@ -102,14 +130,7 @@ def main() -> None:
         {"model": name, "k": k, "accuracy": row.get(k, row.get(0))} for name, row in accuracy.items() for k in ks
     ])
 
-    per_class = int(settings["figure_digits_per_class"])
-    chosen = np.concatenate([np.flatnonzero(test_split.y == c)[:per_class] for c in (0, 1)])
-    sample = TensorData.from_arrays(test_split.x[chosen], test_split.z[chosen], test_split.y[chosen], device=device)
-    maps = {f"NGSLL K={k}": weight_maps(models[k], sample, cells) for k in ks}
-    maps["w/o K-HGM (dense)"] = weight_maps(models["dense"], sample, cells)
-    titles = [f"digit {d}" for d in test_split.digits[chosen]]
     figures = {
-        "weights.png": weight_overlay_figure(test_split.x[chosen, 0], maps, titles),
         "training_curves.png": training_curves_figure(
             {"coarse": load_checkpoint(args.coarse)["history"]}
             | {f"fine K={k}": checkpoints[k]["history"] for k in ks}
@@ -117,26 +138,38 @@ def main() -> None:
         ),
         "accuracy_vs_k.png": accuracy_vs_k_figure(accuracy, ks),
     }
+    classes = range(len(features["class_names"]))
+    if dataset.input_kind == "image":
+        per_class = int(settings["figure_digits_per_class"])
+        chosen = np.concatenate([np.flatnonzero(test_split.y == c)[:per_class] for c in classes])
+        sample = TensorData.from_arrays(test_split.x[chosen], test_split.z[chosen], test_split.y[chosen], device=device)
+        cells = int(dataset.data["cells"])
+        maps = {f"NGSLL K={k}": weight_maps(models[k], sample, cells) for k in ks}
+        maps["w/o K-HGM (dense)"] = weight_maps(models["dense"], sample, cells)
+        titles = [f"digit {d}" for d in test_split.digits[chosen]]
+        figures["weights.png"] = weight_overlay_figure(test_split.x[chosen, 0], maps, titles)
+    else:
+        per_class = int(settings["figure_sentences_per_class"])
+        chosen = np.concatenate([np.flatnonzero(test_split.y == c)[:per_class] for c in classes])
+        sentences = explained_sentences(models, ks, test_split, chosen, features["class_names"],
+                                        features["feature_names"], device)
+        title = f"{TITLES.get(args.dataset, args.dataset)}: words chosen by NGSLL and their weights"
+        args.figures.mkdir(parents=True, exist_ok=True)
+        (args.figures / "sentences.html").write_text(sentences_page(title, sentences, set(features["feature_names"])))
     for name, figure in figures.items():
         save_figure(figure, args.figures / name)
-    log_to_mlflow(params, checkpoints, accuracy, timing, linear, ks, args.figures)
+    log_to_mlflow(params, dataset.tracking["experiment"], checkpoints, accuracy, timing, linear, ks, args.figures)
     log.info("wrote %s, %s and figures under %s", args.metrics, args.table, args.figures)
 
 
-def _model(checkpoint, device):
-    from ngsll.checkpoint import model_from_checkpoint
-
-    return model_from_checkpoint(checkpoint).to(device)
-
-
-def log_to_mlflow(params, checkpoints, accuracy, timing, linear, ks, figures: Path) -> None:
+def log_to_mlflow(params, experiment: str, checkpoints, accuracy, timing, linear, ks, figures: Path) -> None:
     """Test metrics and pictures onto the training runs; one run per K for Ridge, Lasso and the ablation."""
-    configure(section(params, "tracking", "experiment"))
+    configure(experiment)
     for k in ks:
         with mlflow.start_run(run_id=checkpoints[k]["mlflow_run_id"]):
             mlflow.log_metrics({"test_accuracy": accuracy[NGSLL][k], **timing[str(k)]})
-            for name in ("weights.png", "training_curves.png", "accuracy_vs_k.png"):
-                mlflow.log_artifact(str(figures / name), artifact_path="figures")
+            for picture in sorted(figures.iterdir()):
+                mlflow.log_artifact(str(picture), artifact_path="figures")
     with mlflow.start_run(run_id=checkpoints["dnn"]["mlflow_run_id"]):
         mlflow.log_metric("test_accuracy", accuracy[DNN][0])
     with mlflow.start_run(run_id=checkpoints["dense"]["mlflow_run_id"]):

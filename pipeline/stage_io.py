@@ -18,6 +18,7 @@ import yaml
 
 from ngsll.checkpoint import model_from_checkpoint
 from ngsll.data.mnist import ImageSplit
+from ngsll.text import TextSplit
 from ngsll.train import TensorData
 
 log = logging.getLogger("ngsll.pipeline")
@@ -44,17 +45,26 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_split(path: Path, split: ImageSplit) -> None:
-    """Store a split compactly: pixels as uint8 (x = pixels / 255), z, labels, digits, ids."""
+def save_split(path: Path, split: ImageSplit | TextSplit) -> None:
+    """Store a split compactly: images as uint8 pixels (x = pixels / 255), z, labels, digits, ids;
+    sentences as token ids, z, labels, ids and the texts."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(split, TextSplit):
+        np.savez_compressed(path, tokens=split.x, z=split.z, mask=split.z == 0, y=split.y, ids=split.ids,
+                            texts=np.asarray(split.texts, dtype=str))
+        return
     pixels = np.rint(split.x[:, 0] * 255).astype(np.uint8)  # (N, 28, 28)
     np.savez_compressed(
         path, pixels=pixels, z=split.z, mask=split.z == 0, y=split.y, digits=split.digits, ids=split.ids
     )
 
 
-def load_split(path: Path) -> ImageSplit:
+def load_split(path: Path) -> ImageSplit | TextSplit:
+    """The split :func:`save_split` wrote (a :class:`TextSplit` when it holds token ids)."""
     with np.load(path) as stored:
+        if "tokens" in stored.files:
+            return TextSplit(x=stored["tokens"], z=stored["z"], y=stored["y"], ids=stored["ids"],
+                             texts=stored["texts"].tolist())
         return ImageSplit(
             x=(stored["pixels"].astype(np.float32) / 255.0)[:, None],  # (N, 1, 28, 28)
             z=stored["z"], y=stored["y"], digits=stored["digits"], ids=stored["ids"],
@@ -75,8 +85,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_model(path: Path, device: torch.device):
-    return model_from_checkpoint(load_checkpoint(path)).to(device)
+def load_model(source: Path | dict[str, Any], device: torch.device):
+    """The model of a checkpoint file (or an already loaded checkpoint dict), on ``device``."""
+    checkpoint = source if isinstance(source, dict) else load_checkpoint(source)
+    return model_from_checkpoint(checkpoint).to(device)
 
 
 def save_figure(figure, path: Path) -> None:

@@ -8,7 +8,10 @@
 
 MLflow: each fine stage is a parent run ``NGSLL K=<k>`` with two nested runs, ``coarse`` (replayed
 from the coarse checkpoint it starts from) and ``fine`` (logged live); the fine model is logged as a
-pyfunc and registered. The DNN and the ablation log one run each. Run ids go into the checkpoints.
+pyfunc and registered (images; text models are logged as checkpoints). The DNN and the ablation log
+one run each. Run ids go into the checkpoints.
+
+``--dataset`` picks the params sections: ``mnist`` (default) or a text dataset under ``text.datasets``.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ import mlflow
 
 from ngsll import build_model
 from ngsll.checkpoint import checkpoint_dict, model_from_checkpoint
-from ngsll.config import coarse_phase, fine_phase, model_args, reference_phase, section
+from ngsll.config import coarse_phase, dataset_settings, fine_phase, model_args, reference_phase
 from ngsll.train import device_description, pick_device, seed_everything, train_phase
 from ngsll_plugins.tracking import (
     configure, epoch_logger, log_device, log_phase, log_pyfunc_model, phase_params, start_run,
 )
 from stage_io import (
-    load_checkpoint, load_params, load_split, load_tensors, log, require_passed, save_checkpoint, setup_logging,
-    write_json,
+    load_checkpoint, load_params, load_split, load_tensors, log, read_json, require_passed, save_checkpoint,
+    setup_logging, write_json,
 )
 
 STAGES = ("coarse", "fine", "dnn", "dense")
@@ -38,6 +41,7 @@ RUN_NAMES = {"dnn": "DNN", "dense": "NGSLL (w/o K-HGM)"}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stage", choices=STAGES, required=True)
+    parser.add_argument("--dataset", default="mnist", help="mnist or a name under text.datasets")
     parser.add_argument("--data-dir", type=Path, required=True, help="prepared splits")
     parser.add_argument("--checked", type=Path, required=True, help="validate_prepared's report (must have passed)")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint to write")
@@ -49,6 +53,8 @@ def main() -> None:
     setup_logging()
     require_passed(args.checked)
     params = load_params(args.params)
+    settings = dataset_settings(params, args.dataset)
+    features = read_json(args.data_dir / "features.json")
     seed = int(params["seed"])
     device = pick_device(params.get("device", "auto"))
     log.info("stage %s on %s", args.stage, device_description(device))
@@ -56,26 +62,26 @@ def main() -> None:
 
     coarse = None
     if args.stage == "coarse":
-        model, phase = build_model(model_args(params)), coarse_phase(params)
+        model, phase = build_model(model_args(settings, features)), coarse_phase(settings.train)
     elif args.stage == "fine":
         if args.k is None or args.coarse is None:
             parser.error("the fine stage needs --k and --coarse")
         coarse = load_checkpoint(args.coarse)
         model = model_from_checkpoint(coarse)
-        phase = fine_phase(params, args.k, float(coarse["final_lr"]))
+        phase = fine_phase(settings.train, args.k, float(coarse["final_lr"]))
     elif args.stage == "dnn":
-        model = build_model(model_args(params, kind="dnn"))
-        phase = reference_phase(params, k=model.args.k)
+        model = build_model(model_args(settings, features, kind="dnn"))
+        phase = reference_phase(settings.train, k=model.args.k)
     else:
-        model = build_model(model_args(params, use_gate=False))
-        phase = reference_phase(params, k=model.args.k)
+        model = build_model(model_args(settings, features, use_gate=False))
+        phase = reference_phase(settings.train, k=model.args.k)
     model.to(device)
     train = load_tensors(args.data_dir / "train.npz", device)
     validation = load_tensors(args.data_dir / "validation.npz", device)
     log.info("%s: %s", args.stage, phase)
 
     tracked = args.stage != "coarse"  # the coarse phase is logged under every fine run that starts from it
-    tracking = section(params, "tracking")
+    tracking = settings.tracking
     if tracked:
         configure(tracking["experiment"])
     run_name = f"NGSLL K={args.k}" if args.stage == "fine" else RUN_NAMES.get(args.stage, args.stage)
@@ -83,7 +89,9 @@ def main() -> None:
         this_phase = phase_params(vars(phase), model.args.to_dict(), seed, device_description(device))
         if tracked:
             mlflow.set_tags({"model": run_name.split(" K=")[0], "stage": args.stage})
-            mlflow.log_params({"model": run_name.split(" K=")[0], "k": phase.k, "seed": seed})
+            mlflow.log_params({"model": run_name.split(" K=")[0], "dataset": args.dataset, "seed": seed})
+            if args.stage == "fine":  # the DNN has no K; the ablation logs one nested run per K at evaluation
+                mlflow.log_param("k", phase.k)
             mlflow.log_artifact(str(args.params))
         if coarse is not None:
             log_phase("coarse", phase_params(coarse["phase"], coarse["model_args"], seed, coarse["device"]),
@@ -104,7 +112,10 @@ def main() -> None:
             device=result.device, mlflow_run_id=parent.info.run_id if tracked else "",
         ))
         write_json(args.history, result.history)
-        if args.stage == "fine":
+        if args.stage == "fine" and settings.input_kind == "text":  # no pyfunc for text yet: the files to rebuild it
+            for path in (args.out, args.data_dir / "features.json", args.data_dir / "encoder.json"):
+                mlflow.log_artifact(str(path), artifact_path="model")
+        elif args.stage == "fine":
             example = load_split(args.data_dir / "validation.npz").x[:2, 0]  # (2, 28, 28)
             info = log_pyfunc_model(args.out, args.data_dir / "features.json", tracking["registered_model"], example)
             log.info("logged and registered %s as %s", info.model_uri, tracking["registered_model"])

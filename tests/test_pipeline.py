@@ -1,7 +1,8 @@
 """The real pipeline: `dvc repro` of this repository in a temporary git repository, with real Great
 Expectations gates and a real MLflow store, checked afterwards through a real `mlflow server`.
 
-Tiny fake MNIST (IDX files, the user-data path) and tiny parameters keep it to about a minute.
+Tiny fake MNIST (IDX files, the user-data path), a tiny user CSV of sentences for the text path and tiny
+parameters keep it to a few minutes.
 """
 
 from __future__ import annotations
@@ -48,7 +49,22 @@ def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
     return result
 
 
-def tiny_params(source: str, data_path: Path) -> dict:
+def write_sentences(path: Path, empty_row: bool = False) -> Path:
+    """A tiny two-class user CSV: "good"/"great" sentences are pos, "bad"/"awful" ones neg, with filler."""
+    rng = np.random.default_rng(0)
+    rows = ["review,stars"]
+    for i in range(60):
+        positive = i % 2 == 0
+        word = rng.choice(["good", "great"] if positive else ["bad", "awful"])
+        filler = " ".join(rng.choice(["film", "plot", "actors", "music", "ending", "the", "was"], size=4))
+        rows.append(f"\"{filler}, {word} {filler}!\",{'pos' if positive else 'neg'}")
+    if empty_row:
+        rows.append('"?!",pos')
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def tiny_params(source: str, data_path: Path, sentences: Path) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["device"] = "cpu"
     params["data"].update(source=source, path=str(data_path), num_validation=20)
@@ -61,6 +77,17 @@ def tiny_params(source: str, data_path: Path) -> dict:
     params["baselines"]["cv_folds"] = 2
     params["evaluate"].update(timing_samples=16, single_samples=4, figure_digits_per_class=1)
     params["serve"]["k"] = 3
+    text = params["text"]
+    text["run"] = ["tiny"]
+    text["datasets"] = {"tiny": {
+        "source": "file", "format": "csv", "path": str(sentences), "text_column": "review", "label_column": "stars",
+        "split_column": None, "class_names": None, "rows": {"min": 10, "max": 1000}, "experiment": "tiny",
+    }}
+    text["model"].update(embedding_dim=8, filter_maps=4, hidden_units=8)
+    text["train"]["ks"] = [1, 3]
+    for phase in ("coarse", "fine", "dnn"):
+        text["train"][phase].update(max_epochs=1, patience=1)
+    text["train"]["coarse"]["k"] = 3  # the tiny vocabulary has fewer than 10 words
     return params
 
 
@@ -88,7 +115,7 @@ def pipeline_repo(tmp_path_factory) -> Path:
     data_dir.mkdir()
     for name, array in fake_mnist(train=120, test=30).items():
         write_idx(data_dir / f"{IDX_FILES[name]}.gz", array)
-    repo = make_repo(root, tiny_params("idx", data_dir))
+    repo = make_repo(root, tiny_params("idx", data_dir, write_sentences(root / "reviews.csv")))
     run(["dvc", "repro"], repo)
     return repo
 
@@ -119,6 +146,22 @@ def test_repro_produces_metrics_table_figures_and_loadable_models(pipeline_repo:
     assert set(explain["error_gain_at_50"]) == {"K=1", "K=3"}
     for gate in ("raw", "prepared"):
         assert json.loads((pipeline_repo / f"reports/mnist/validation/{gate}.json").read_text())["success"]
+
+
+def test_text_path_runs_from_the_same_repro(pipeline_repo: Path) -> None:
+    metrics = json.loads((pipeline_repo / "metrics/tiny/evaluate.json").read_text())
+    assert set(metrics["test_accuracy"]) == {"NGSLL", "NGSLL (w/o K-HGM)", "Ridge", "Lasso", "DNN"}
+    assert set(metrics["test_accuracy"]["NGSLL"]) == {"1", "3"}
+    vocabulary = json.loads((pipeline_repo / "metrics/tiny/vocabulary.json").read_text())
+    features = json.loads((pipeline_repo / "data/prepared/tiny/features.json").read_text())
+    assert features["class_names"] == ["neg", "pos"] and vocabulary["vocabulary_size"] == len(features["feature_names"])
+    assert {"good", "bad", "film"} <= set(features["feature_names"]) and "the" not in features["feature_names"]
+    page = (pipeline_repo / "reports/tiny/figures/sentences.html").read_text()
+    assert page.count("NGSLL K=3") == 2 * 3  # 3 sentences per class, one line each per K
+    checkpoint = torch.load(pipeline_repo / "models/tiny/fine/k1.pt", weights_only=True)
+    assert checkpoint["model_args"]["input_kind"] == "text" and checkpoint["model_args"]["k"] == 1
+    for gate in ("raw", "prepared"):
+        assert json.loads((pipeline_repo / f"reports/tiny/validation/{gate}.json").read_text())["success"]
 
 
 def test_second_repro_is_a_no_op_and_fine_params_rerun_only_what_follows(pipeline_repo: Path) -> None:
@@ -213,12 +256,21 @@ def test_broken_data_stops_at_the_validation_stage(tmp_path, breakage: str, expe
     else:
         arrays["test_images"], arrays["test_labels"] = arrays["test_images"][:0], arrays["test_labels"][:0]
     np.savez(tmp_path / "mnist.npz", **arrays)
-    repo = make_repo(tmp_path, tiny_params("npz", tmp_path / "mnist.npz"))
+    repo = make_repo(tmp_path, tiny_params("npz", tmp_path / "mnist.npz", write_sentences(tmp_path / "reviews.csv")))
     result = run(["dvc", "repro"], repo, check=False)
     assert result.returncode != 0
     assert "validate_raw failed" in result.stderr and expected in result.stderr
     assert not (repo / "data/prepared").exists()
     assert not json.loads((repo / "reports/mnist/validation/raw.json").read_text())["success"]
+
+
+def test_a_sentence_without_words_stops_the_text_path_at_its_gate(tmp_path) -> None:
+    sentences = write_sentences(tmp_path / "reviews.csv", empty_row=True)
+    repo = make_repo(tmp_path, tiny_params("npz", tmp_path / "missing.npz", sentences))
+    result = run(["dvc", "repro", "evaluate_text@tiny"], repo, check=False)
+    assert result.returncode != 0
+    assert "validate_text (tiny) failed" in result.stderr and "column=tokens" in result.stderr
+    assert not (repo / "data/prepared/tiny").exists()
 
 
 def test_mlproject_train_entry_point_runs_an_experiment_offline(pipeline_repo: Path) -> None:

@@ -1,8 +1,13 @@
 """Weight generator networks (WGN): read the original input, emit dense weights.
 
-The image WGN follows the paper's MNIST setting (section 4.1): three blocks of convolution -> ReLU ->
-max pooling, then L fully connected layers of U units (ReLU) and a linear output layer. The DNN baseline
-uses the same network with a different output size.
+* Images (paper section 4.1, MNIST): three blocks of convolution -> ReLU -> max pooling, then L fully
+  connected layers of U units (ReLU) and a linear output layer.
+* Text (section 4.2): the sentence CNN of Kim (2014) trained from scratch: word embedding, one 1-D
+  convolution per filter width (3/4/5, 100 maps each), ReLU, max-over-time pooling, dropout, then the same
+  L fully connected layers.
+
+The DNN baseline uses the same network with a different output size. :func:`build_generator` picks the
+network a model's arguments describe.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import torch
 from torch import nn
 
 from ngsll.errors import ConfigError
+
+PAD_ID = 0  # token id of padding in text inputs (see ngsll.text)
 
 
 def mlp_head(in_features: int, hidden_layers: int, hidden_units: int, out_features: int) -> nn.Sequential:
@@ -75,3 +82,66 @@ class ImageWeightGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))  # (B, out_features)
+
+
+class SentenceCNNGenerator(nn.Module):
+    """Kim's sentence CNN and an MLP head: (B, T) int64 token ids -> (B, out_features).
+
+    Args:
+        vocab_size: token ids in [0, vocab_size); id 0 is padding (a zero embedding).
+        embedding_dim: word vector size (300 in Kim 2014).
+        filter_widths: convolution widths in tokens (3, 4, 5).
+        filter_maps: feature maps per width (100).
+        dropout: dropout rate on the pooled features (0.5).
+        hidden_layers / hidden_units / out_features: as in :class:`ImageWeightGenerator`.
+
+    Sentences shorter than the widest filter are padded on the fly, so any T >= 1 is accepted.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        filter_widths: Sequence[int],
+        filter_maps: int,
+        dropout: float,
+        hidden_layers: int,
+        hidden_units: int,
+        out_features: int,
+    ) -> None:
+        super().__init__()
+        if not filter_widths or min(filter_widths) < 1 or filter_maps < 1 or embedding_dim < 1:
+            raise ConfigError(
+                f"filter_widths must list widths >= 1 and filter_maps, embedding_dim must be >= 1, got "
+                f"{list(filter_widths)}, {filter_maps}, {embedding_dim}"
+            )
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"dropout must lie in [0, 1), got {dropout}")
+        self.min_length = max(filter_widths)
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+        self.convolutions = nn.ModuleList(nn.Conv1d(embedding_dim, filter_maps, width) for width in filter_widths)
+        self.dropout = nn.Dropout(dropout)
+        self.head = mlp_head(filter_maps * len(filter_widths), hidden_layers, hidden_units, out_features)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[1] < self.min_length:
+            tokens = nn.functional.pad(tokens, (0, self.min_length - tokens.shape[1]), value=PAD_ID)  # (B, T')
+        embedded = self.embedding(tokens).transpose(1, 2)  # (B, E, T)
+        pooled = [torch.relu(conv(embedded)).amax(dim=-1) for conv in self.convolutions]  # widths x (B, maps)
+        return self.head(self.dropout(torch.cat(pooled, dim=-1)))  # (B, out_features)
+
+
+def build_generator(args: Any, out_features: int) -> ImageWeightGenerator | SentenceCNNGenerator:
+    """The generator a model's :class:`ngsll.model.ModelArgs` describe, with ``out_features`` outputs."""
+    if args.input_kind == "text":
+        return SentenceCNNGenerator(
+            vocab_size=args.vocab_size,
+            embedding_dim=args.embedding_dim,
+            filter_widths=args.filter_widths,
+            filter_maps=args.filter_maps,
+            dropout=args.dropout,
+            hidden_layers=args.hidden_layers,
+            hidden_units=args.hidden_units,
+            out_features=out_features,
+        )
+    return ImageWeightGenerator.for_model(args, out_features)

@@ -24,9 +24,7 @@ def accumulate_normlime(model: NGSLL, data: TensorData, num_classes: int, batch_
     output (the logit for binary models) with its predicted label into a :class:`NormLIME`."""
     model.eval()
     normlime = NormLIME(model.args.num_features, num_classes)
-    for start in range(0, len(data), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(data)), device=data.y.device)
-        x, z, _ = data.batch(index)
+    for x, z, _ in data.batches(batch_size):
         output = model(x, z)
         answered = answered_class(output.logits, model.args.task)  # (B,)
         weights = output.weights.gather(-1, answered.view(-1, 1, 1).expand(-1, z.shape[1], 1))[..., 0]  # (B, d)
@@ -54,21 +52,17 @@ def input_gradient_view(model: DNNClassifier, data: TensorData, cells: int, batc
         raise InputError("the gradient view is implemented for binary models (one logit)")
     model.eval()
     total = torch.zeros(cells * cells, device=data.y.device)
-    for start in range(0, len(data), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(data)), device=data.y.device)
-        x, z, _ = data.batch(index)
+    for x, z, _ in data.batches(batch_size):
         x = x.clone().requires_grad_(True)
         logits = model(x)[:, 0]  # (B,)
         (gradient,) = torch.autograd.grad(logits.sum(), x)  # (B, 1, H, H)
         side = gradient.shape[-1] // cells
-        pooled = gradient[:, 0].reshape(len(index), cells, side, cells, side).sum(dim=(2, 4))  # (B, c, c)
-        total += pooled.reshape(len(index), -1).sum(dim=0).detach()
+        pooled = gradient[:, 0].reshape(len(x), cells, side, cells, side).sum(dim=(2, 4))  # (B, c, c)
+        total += pooled.reshape(len(x), -1).sum(dim=0).detach()
     mean_gradient = (total / len(data)).cpu().numpy()
     agree = 0
     with torch.inference_mode():  # second pass: the surrogate needs the finished mean gradient
-        for start in range(0, len(data), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(data)), device=data.y.device)
-            x, z, _ = data.batch(index)
+        for x, z, _ in data.batches(batch_size):
             dnn_decision = model(x)[:, 0] > 0
             surrogate = z.cpu().numpy() @ mean_gradient > 0
             agree += int((surrogate == dnn_decision.cpu().numpy()).sum())

@@ -1,6 +1,7 @@
 """NGSLL and its DNN baseline (paper section 3, Figure 1).
 
-``NGSLL.forward(x, z)`` reads the original input ``x`` with a weight generator network (WGN), gates
+``NGSLL.forward(x, z)`` reads the original input ``x`` (an image, or a sentence as token ids) with a
+weight generator network (WGN), gates
 the generated weights with the K-HGM and predicts ``logits_c = z^T (g * w_c)``. It returns the logits
 **and** the sparse weights, so every prediction carries its explanation.
 
@@ -20,17 +21,20 @@ from torch import nn
 
 from ngsll.errors import ConfigError, InputError
 from ngsll.gate import KHotGate, validate_k, validate_tau
-from ngsll.generators import ImageWeightGenerator
+from ngsll.generators import build_generator
 
 TASKS = ("binary", "multiclass", "regression")
 MODEL_KINDS = ("ngsll", "dnn")
+INPUT_KINDS = ("image", "text")
 
 
 @dataclass
 class ModelArgs:
     """Everything needed to rebuild a model; stored in checkpoints as a plain dict.
 
-    Defaults follow the paper's MNIST setting.
+    Defaults follow the paper's MNIST setting; ``input_kind="text"`` switches the WGN to the sentence CNN
+    (``vocab_size`` token ids, ``embedding_dim``, ``filter_widths`` x ``filter_maps``, ``dropout``), and the
+    image fields are then unused.
     """
 
     kind: str = "ngsll"  # "ngsll" or "dnn" (the non-interpretable baseline)
@@ -46,6 +50,12 @@ class ModelArgs:
     tau: float = 1.0  # Gumbel-softmax temperature in training
     use_gate: bool = True  # False: the "NGSLL without K-HGM" ablation (dense in training)
     mask_zero_features: bool = True  # mask m_j = 1 where z_j == 0
+    input_kind: str = "image"  # "image" (x: (B, C_in, H, H) floats) or "text" (x: (B, T) token ids)
+    vocab_size: int = 0  # text: token ids in [0, vocab_size), 0 = padding, 1 = unknown word
+    embedding_dim: int = 300  # text: word vector size
+    filter_widths: list[int] = field(default_factory=lambda: [3, 4, 5])  # text: convolution widths
+    filter_maps: int = 100  # text: feature maps per width
+    dropout: float = 0.5  # text: dropout on the pooled sentence features
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -60,6 +70,10 @@ class ModelArgs:
             raise ConfigError(f"num_features must be >= 1, got {self.num_features}")
         if self.hidden_layers not in (0, 1, 2, 3):
             raise ConfigError(f"hidden_layers (L) must be in 0..3, got {self.hidden_layers}")
+        if self.input_kind not in INPUT_KINDS:
+            raise ConfigError(f"input_kind must be one of {INPUT_KINDS}, got {self.input_kind!r}")
+        if self.input_kind == "text" and self.vocab_size < 3:
+            raise ConfigError(f"text models need vocab_size >= 3 (padding, unknown, words), got {self.vocab_size}")
         validate_k(self.k, self.num_features)
         validate_tau(self.tau)
 
@@ -96,16 +110,23 @@ class NGSLLOutput(NamedTuple):
 
 
 def check_inputs(x: torch.Tensor, z: torch.Tensor, args: ModelArgs) -> None:
-    """Raise :class:`InputError` unless ``x`` is (B, C_in, H, H) and ``z`` is (B, d), both finite."""
-    expected_x = (args.in_channels, args.image_size, args.image_size)
-    if x.dim() != 4 or tuple(x.shape[1:]) != expected_x:
-        raise InputError(f"x must have shape (B, {', '.join(map(str, expected_x))}), got {tuple(x.shape)}")
+    """Raise :class:`InputError` unless ``z`` is finite (B, d) and ``x`` is (B, C_in, H, H) finite pixels
+    (images) or (B, T) integer token ids in [0, vocab_size) (text)."""
+    if args.input_kind == "text":
+        if x.dim() != 2 or x.shape[1] < 1 or x.dtype not in (torch.int64, torch.int32):
+            raise InputError(f"x must be (B, T) integer token ids with T >= 1, got {tuple(x.shape)} {x.dtype}")
+        if x.numel() and (x.min() < 0 or x.max() >= args.vocab_size):
+            raise InputError(f"token ids must lie in [0, {args.vocab_size}), got {x.min().item()}..{x.max().item()}")
+    else:
+        expected_x = (args.in_channels, args.image_size, args.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected_x:
+            raise InputError(f"x must have shape (B, {', '.join(map(str, expected_x))}), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise InputError("x contains NaN or infinite values; pixels must be finite numbers in [0, 1]")
     if z.dim() != 2 or z.shape[1] != args.num_features:
         raise InputError(f"z must have shape (B, {args.num_features}), got {tuple(z.shape)}")
     if x.shape[0] != z.shape[0]:
         raise InputError(f"x and z must hold the same number of samples, got {x.shape[0]} and {z.shape[0]}")
-    if not torch.isfinite(x).all():
-        raise InputError("x contains NaN or infinite values; pixels must be finite numbers in [0, 1]")
     if not torch.isfinite(z).all():
         raise InputError("z contains NaN or infinite values; the simplified input must be finite")
 
@@ -120,7 +141,7 @@ class NGSLL(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        self.generator = ImageWeightGenerator.for_model(args, out_features=args.num_features * args.num_outputs)
+        self.generator = build_generator(args, out_features=args.num_features * args.num_outputs)
         self.gate = KHotGate(args.k, args.tau)
 
     def set_gate(self, k: int, tau: float) -> None:
@@ -139,7 +160,7 @@ class NGSLL(nn.Module):
         """Predict and explain.
 
         Args:
-            x: (B, C_in, H, H) original images scaled to [0, 1].
+            x: (B, C_in, H, H) original images scaled to [0, 1], or (B, T) token ids for text.
             z: (B, d) simplified inputs.
             mask: optional (B, d) bool; defaults to :meth:`feature_mask`.
         """
@@ -168,10 +189,10 @@ class DNNClassifier(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        self.generator = ImageWeightGenerator.for_model(args, out_features=args.num_outputs)
+        self.generator = build_generator(args, out_features=args.num_outputs)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Return (B, C) logits for (B, C_in, H, H) images."""
+        """Return (B, C) logits for (B, C_in, H, H) images or (B, T) token ids."""
         if z is None:
             z = torch.zeros(x.shape[0], self.args.num_features, device=x.device)
         check_inputs(x, z, self.args)

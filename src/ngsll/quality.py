@@ -62,6 +62,35 @@ def prepared_frame(z: np.ndarray, mask: np.ndarray, y: np.ndarray, ids: np.ndarr
     })
 
 
+def raw_text_frame(corpus: pd.DataFrame) -> pd.DataFrame:
+    """One row per raw sentence: ``id, label, split, characters, tokens`` (word tokens, see ngsll.text)."""
+    from ngsll.text import tokenize
+
+    texts = corpus["text"].fillna("").astype(str)
+    return pd.DataFrame({
+        "id": corpus["id"],
+        "label": pd.to_numeric(corpus["label"], errors="coerce"),
+        "split": corpus["split"].fillna("").astype(str),
+        "characters": texts.str.len(),
+        "tokens": [len(tokenize(text)) for text in texts],
+    })
+
+
+def raw_text_checks(num_classes: int, min_rows: int, max_rows: int) -> list[Check]:
+    """Expectations for a raw corpus: row count, labels in range with every class present, no empty
+    sentence, unique ids, split values train/test or none."""
+    classes = list(range(num_classes))
+    return [
+        ("ExpectTableRowCountToBeBetween", {"min_value": min_rows, "max_value": max_rows}),
+        ("ExpectColumnValuesToNotBeNull", {"column": "label"}),
+        ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": classes}),
+        ("ExpectColumnDistinctValuesToContainSet", {"column": "label", "value_set": classes}),
+        ("ExpectColumnValuesToBeBetween", {"column": "tokens", "min_value": 1, "max_value": None}),
+        ("ExpectColumnValuesToBeUnique", {"column": "id"}),
+        ("ExpectColumnValuesToBeInSet", {"column": "split", "value_set": ["train", "test", ""]}),
+    ]
+
+
 def raw_checks(labels: list[int], min_rows: int, max_rows: int, height: int, width: int) -> list[Check]:
     """Expectations for one raw split: row count, label set, image shape, pixel range 0-255, no nulls."""
     return [
@@ -77,19 +106,25 @@ def raw_checks(labels: list[int], min_rows: int, max_rows: int, height: int, wid
     ]
 
 
-def prepared_checks(num_features: int, class_share: float, tolerance: float, num_classes: int) -> list[Check]:
-    """Expectations for one prepared split: non-empty, z in [0, 1], masks match z, d, class balance."""
-    return [
+def prepared_checks(
+    num_features: int, class_share: float | None, tolerance: float, num_classes: int, z_max: float | None = 1.0
+) -> list[Check]:
+    """Expectations for one prepared split: non-empty, z in [0, z_max] (None: no upper bound, e.g. word
+    counts), masks match z, d, labels in the class set, and (unless ``class_share`` is None) the mean
+    label within ``tolerance`` of ``class_share``."""
+    checks: list[Check] = [
         ("ExpectTableRowCountToBeBetween", {"min_value": 1, "max_value": None}),
-        ("ExpectColumnValuesToBeBetween", {"column": "z_min", "min_value": 0.0, "max_value": 1.0}),
-        ("ExpectColumnValuesToBeBetween", {"column": "z_max", "min_value": 0.0, "max_value": 1.0}),
+        ("ExpectColumnValuesToBeBetween", {"column": "z_min", "min_value": 0.0, "max_value": z_max}),
+        ("ExpectColumnValuesToBeBetween", {"column": "z_max", "min_value": 0.0, "max_value": z_max}),
         ("ExpectColumnValuesToBeInSet", {"column": "mask_consistent", "value_set": [True]}),
         ("ExpectColumnValuesToBeInSet", {"column": "num_features", "value_set": [num_features]}),
         ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": list(range(num_classes))}),
-        ("ExpectColumnMeanToBeBetween", {
-            "column": "label", "min_value": class_share - tolerance, "max_value": class_share + tolerance,
-        }),
     ]
+    if class_share is not None:
+        checks.append(("ExpectColumnMeanToBeBetween", {
+            "column": "label", "min_value": class_share - tolerance, "max_value": class_share + tolerance,
+        }))
+    return checks
 
 
 def disjoint_checks() -> list[Check]:

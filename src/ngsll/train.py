@@ -13,7 +13,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,7 +57,10 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class TensorData:
-    """A split as tensors: x (N, ...) original input, z (N, d) simplified input, y (N,) targets."""
+    """A split as tensors: x (N, ...) original input, z (N, d) simplified input, y (N,) targets.
+
+    x keeps integer arrays (token ids) as int64 and turns everything else into float32.
+    """
 
     x: torch.Tensor
     z: torch.Tensor
@@ -67,8 +70,9 @@ class TensorData:
     def from_arrays(cls, x: np.ndarray, z: np.ndarray, y: np.ndarray, device: torch.device | str = "cpu") -> TensorData:
         if not len(x) == len(z) == len(y):
             raise InputError(f"x, z and y must have the same length, got {len(x)}, {len(z)} and {len(y)}")
+        integer_x = np.issubdtype(np.asarray(x).dtype, np.integer)
         return cls(
-            x=torch.as_tensor(x, dtype=torch.float32, device=device),
+            x=torch.as_tensor(x, dtype=torch.int64 if integer_x else torch.float32, device=device),
             z=torch.as_tensor(z, dtype=torch.float32, device=device),
             y=torch.as_tensor(y, device=device),
         )
@@ -79,15 +83,20 @@ class TensorData:
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.x[indices], self.z[indices], self.y[indices]
 
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Consecutive ``(x, z, y)`` batches of at most ``batch_size`` samples, in order."""
+        for start in range(0, len(self), batch_size):
+            yield self.x[start : start + batch_size], self.z[start : start + batch_size], self.y[start : start + batch_size]
+
 
 @dataclass
 class PhaseConfig:
     """One training phase. Defaults are the paper's coarse phase.
 
     k / tau: gate settings (ignored by the DNN); optimizer: ``adam`` or ``sgd``; lr: learning rate;
-    momentum: for SGD; max_epochs / patience: early stopping on validation loss; batch_size;
-    lr_decay_factor / lr_decay_patience: multiply lr by the factor after that many epochs without
-    improvement (1.0 disables decay).
+    momentum: for SGD; weight_decay: L2 penalty (decoupled, AdamW-style, for Adam); max_epochs / patience:
+    early stopping on validation loss; batch_size; lr_decay_factor / lr_decay_patience: multiply lr by the
+    factor after that many epochs without improvement (1.0 disables decay).
     """
 
     k: int = 10
@@ -95,6 +104,7 @@ class PhaseConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
+    weight_decay: float = 0.0
     max_epochs: int = 20
     patience: int = 2
     batch_size: int = 128
@@ -111,6 +121,8 @@ class PhaseConfig:
                 f"max_epochs, patience and batch_size must be >= 1, got "
                 f"{self.max_epochs}, {self.patience}, {self.batch_size}"
             )
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 < self.lr_decay_factor <= 1:
             raise ConfigError(f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
 
@@ -159,8 +171,7 @@ def evaluate(model: NGSLL | DNNClassifier, data: TensorData, batch_size: int = 1
     model.eval()
     task = model.args.task
     total_loss, correct, squared = 0.0, 0, 0.0
-    for start in range(0, len(data), batch_size):
-        x, z, y = data.batch(torch.arange(start, min(start + batch_size, len(data)), device=data.y.device))
+    for x, z, y in data.batches(batch_size):
         logits = logits_of(model(x, z))  # (B, C)
         total_loss += task_loss(logits, y, task).item() * len(y)
         predictions = predict_labels(logits, task)
@@ -179,8 +190,8 @@ def evaluate(model: NGSLL | DNNClassifier, data: TensorData, batch_size: int = 1
 
 def make_optimizer(model: nn.Module, config: PhaseConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def train_phase(

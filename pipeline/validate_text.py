@@ -1,0 +1,37 @@
+"""Stage `validate_text`: Great Expectations gate on a fetched corpus before anything is built on it.
+
+Row count, labels in the class set with every class present, no sentence without a word, unique ids,
+split values. On failure: a short summary, the full result as JSON and HTML, and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from ngsll.config import dataset_settings
+from ngsll.quality import raw_text_checks, raw_text_frame, run_checks
+from stage_io import finish_gate, load_params, read_json, setup_logging
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", required=True, help="a name under text.datasets in params.yaml")
+    parser.add_argument("--raw", type=Path, required=True, help="normalised corpus (.csv) from fetch_text")
+    parser.add_argument("--info", type=Path, required=True, help="fetch_text's provenance JSON (class names)")
+    parser.add_argument("--report", type=Path, required=True, help="validation result JSON")
+    parser.add_argument("--html", type=Path, required=True, help="static HTML report")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    setup_logging()
+    rows = dataset_settings(load_params(args.params), args.dataset).data["rows"]
+    corpus = pd.read_csv(args.raw, dtype={"text": str, "split": str}, keep_default_na=False)
+    checks = raw_text_checks(len(read_json(args.info)["class_names"]), int(rows["min"]), int(rows["max"]))
+    report = run_checks({args.dataset: (raw_text_frame(corpus), checks)}, suite_name=f"raw_{args.dataset}")
+    finish_gate(report, args.report, args.html, f"validate_text ({args.dataset})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The text path: tokenisation and vocabulary rules, the sentence-CNN NGSLL's contract, Figure-5 pages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ngsll import ConfigError, InputError, ModelArgs, build_model
+from ngsll.config import dataset_settings, model_args
+from ngsll.explain import explanation_records, sparse_explanation
+from ngsll.text import PAD_ID, UNKNOWN_ID, SequenceVocabulary, TextEncoder, Vocabulary, tokenize, word_spans
+from ngsll.textviz import ExplainedSentence, coloured_sentence, sentences_page
+from ngsll.train import PhaseConfig, TensorData, evaluate, train_phase
+
+TRAIN = [
+    "A funny comedy, really funny!",
+    "Too bad to be funny.",
+    "The comedy isn't bad at all",
+    "Zebra appears once",
+]
+
+
+def tiny_text_args(**overrides) -> ModelArgs:
+    values = dict(input_kind="text", vocab_size=12, num_features=5, embedding_dim=6, filter_widths=[2, 3],
+                  filter_maps=4, dropout=0.0, hidden_layers=1, hidden_units=8, k=2)
+    values.update(overrides)
+    return ModelArgs(**values)
+
+
+def test_tokens_are_lower_case_words_with_punctuation_as_separator() -> None:
+    assert tokenize("A funny comedy, really FUNNY!") == ["a", "funny", "comedy", "really", "funny"]
+    assert tokenize("It\u2019s ''Conan'' co-writer's J.R.R. 21st") == [
+        "it's", "conan", "co", "writer's", "j", "r", "r", "21st"
+    ]
+    assert tokenize("") == [] and tokenize(" ?! ... ") == []
+    assert tokenize("Café naïve_test") == ["café", "naïve", "test"]
+
+
+def test_vocabulary_drops_stopwords_singletons_and_short_tokens_and_ranks_by_count() -> None:
+    vocabulary = Vocabulary.build([tokenize(text) for text in TRAIN], stopwords="sklearn", min_count=2)
+    # "too", "be", "to", "the", "at", "all", "a" are stopwords; "zebra", "really" appear once.
+    assert vocabulary.words == ["funny", "bad", "comedy"]
+    assert Vocabulary.build([["ok", "ok", "x", "x"]], stopwords="none").words == ["ok"]  # "x" is too short
+    custom = Vocabulary.build([tokenize(text) for text in TRAIN], stopwords=["funny"], min_count=1)
+    assert "funny" not in custom.words and "the" in custom.words and "zebra" in custom.words
+    with pytest.raises(ConfigError, match="vocabulary is empty"):
+        Vocabulary.build([["the", "the"]])
+    with pytest.raises(ConfigError, match="stopwords must be"):
+        Vocabulary.build([["ok"]], stopwords="english")
+
+
+def test_bag_of_words_is_presence_or_counts_over_the_vocabulary_only() -> None:
+    vocabulary = Vocabulary(["funny", "bad", "comedy"])
+    tokens = [tokenize("funny funny and bad"), tokenize("unseen words only")]
+    assert vocabulary.bag_of_words(tokens).tolist() == [[1, 1, 0], [0, 0, 0]]
+    assert vocabulary.bag_of_words(tokens, counts=True).tolist() == [[2, 1, 0], [0, 0, 0]]
+
+
+def test_sequences_map_unknown_words_pad_and_cut() -> None:
+    sequences = SequenceVocabulary.build([tokenize(text) for text in TRAIN])
+    assert sequences.tokens[:3] == ["<pad>", "<unk>", "funny"]
+    ids = sequences.encode([["funny", "martian"], ["funny"] * 9], length=4)
+    funny = sequences.index["funny"]
+    assert ids.tolist() == [[funny, UNKNOWN_ID, PAD_ID, PAD_ID], [funny] * 4]
+
+
+def test_encoder_round_trips_and_encodes_both_representations() -> None:
+    encoder = TextEncoder.fit(TRAIN, min_count=2, max_length=6, min_length=3)
+    assert encoder.length == 6  # the longest training sentence (7 tokens) cut to max_length
+    restored = TextEncoder.from_dict(encoder.to_dict())
+    x, z = restored.encode(["Bad comedy, the end"])
+    assert x.shape == (1, 6) and x.dtype == np.int64 and (x[0, 4:] == PAD_ID).all()
+    assert x[0, 3] == UNKNOWN_ID  # "end" never seen in training
+    assert z.tolist() == [[0.0, 1.0, 1.0]]
+
+
+def test_word_spans_give_back_the_text() -> None:
+    text = "It\u2019s ''Conan'' -- a co-writer!"
+    spans = word_spans(text)
+    assert "".join(piece for piece, _ in spans) == text
+    assert [token for _, token in spans if token] == tokenize(text)
+
+
+def test_text_model_predicts_the_inner_product_and_never_picks_an_absent_word() -> None:
+    torch.manual_seed(0)
+    for task, classes in (("binary", 2), ("multiclass", 3)):
+        model = build_model(tiny_text_args(task=task, num_classes=classes, k=3)).eval()
+        x = torch.tensor([[2, 3, 4, 5, 0], [6, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+        z = torch.tensor([[1.0, 1, 0, 1, 1], [0, 1, 0, 0, 0], [0, 0, 0, 0, 0]])  # 4, 1 and 0 words present
+        output = model(x, z)
+        assert torch.allclose(output.logits, torch.einsum("bd,bdc->bc", z, output.weights), atol=1e-6)
+        chosen = (output.weights != 0).any(dim=-1)  # (3, d)
+        assert chosen.sum(dim=1).tolist() == [3, 1, 0]  # min(K, words present)
+        assert not (chosen & (z == 0)).any()
+
+
+def test_empty_sentence_gives_zero_evidence_and_an_empty_explanation() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_text_args(task="multiclass", num_classes=3)).eval()
+    x, z = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 5)  # a one-token pad: shorter than every filter
+    output = model(x, z)
+    assert output.logits.tolist() == [[0.0, 0.0, 0.0]]
+    assert explanation_records(sparse_explanation(output, z, 2, "multiclass"), list("abcde")) == [[]]
+
+
+def test_text_inputs_are_checked() -> None:
+    model = build_model(tiny_text_args())
+    with pytest.raises(InputError, match="token ids must lie in"):
+        model(torch.tensor([[12, 0, 0]]), torch.zeros(1, 5))
+    with pytest.raises(InputError, match="integer token ids"):
+        model(torch.zeros(1, 3), torch.zeros(1, 5))
+    with pytest.raises(ConfigError, match="vocab_size"):
+        tiny_text_args(vocab_size=0)
+
+
+def negation_problem(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sentences of ids over {good=2, bad=3, not=4, filler=5..9}; z = presence of (good, bad).
+
+    y = 1 for "good" or "not bad", 0 for "bad" or "not good": the weight a word needs depends on whether
+    "not" precedes it, which only the sequence shows (z never contains "not").
+    """
+    rng = np.random.default_rng(seed)
+    word = rng.choice([2, 3], size=n)
+    negated = rng.random(n) < 0.5
+    x = rng.integers(5, 10, size=(n, 6))
+    x[:, 2] = np.where(negated, 4, rng.integers(5, 10, size=n))
+    x[:, 3] = word
+    z = np.stack([word == 2, word == 3], axis=1).astype(np.float32)
+    y = ((word == 2) ^ negated).astype(np.int64)
+    return x, z, y
+
+
+def test_sentence_cnn_learns_context_dependent_word_weights() -> None:
+    train, test = TensorData.from_arrays(*negation_problem(1024, 0)), TensorData.from_arrays(*negation_problem(256, 1))
+    torch.manual_seed(0)
+    model = build_model(tiny_text_args(num_features=2, k=1, vocab_size=10, filter_maps=8, hidden_units=16))
+    train_phase(model, train, test, PhaseConfig(k=1, lr=1e-2, max_epochs=15, patience=15, batch_size=32),
+                progress=False)
+    assert evaluate(model, test)["accuracy"] > 0.95
+    with torch.inference_mode():
+        good = torch.tensor([[5, 5, 6, 2, 7, 8], [5, 5, 4, 2, 7, 8]])  # "good" vs "not good"
+        weights = model(good, torch.tensor([[1.0, 0.0], [1.0, 0.0]])).weights[:, 0, 0]
+    assert weights[0] > 0 > weights[1]
+
+
+def test_text_model_args_come_from_params_and_prepared_features() -> None:
+    params = {
+        "text": {"representation": {"counts": False}, "datasets": {"tiny": {"format": "csv"}},
+                 "model": {"embedding_dim": 4, "filter_widths": [2], "filter_maps": 3, "dropout": 0.1,
+                           "hidden_layers": 1, "hidden_units": 5},
+                 "train": {"coarse": {"k": 2, "tau": 1.0}}},
+    }
+    features = {"feature_names": ["a", "b", "c"], "class_names": ["x", "y", "z"], "sequence_vocabulary_size": 7}
+    args = model_args(dataset_settings(params, "tiny"), features, kind="dnn")
+    assert (args.task, args.num_classes, args.num_features, args.vocab_size, args.kind) == ("multiclass", 3, 3, 7, "dnn")
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        dataset_settings(params, "imdb")
+
+
+def test_figure_page_colours_chosen_words_and_greys_out_of_vocabulary_ones() -> None:
+    html = coloured_sentence("Too <bad> comedy", {"bad": -0.5}, {"bad", "comedy"}, scale=0.5)
+    assert "rgba(30,80,220,0.90)" in html and "&lt;" in html  # blue at full strength, text escaped
+    assert "<span class=oov title='not a feature of z'>Too</span>" in html
+    assert "comedy" in html and "comedy</span>" not in html  # in the vocabulary, not chosen: plain
+    page = sentences_page("t", [ExplainedSentence("funny", "pos", {"NGSLL K=1": ("pos", {"funny": 1.0})})], {"funny"})
+    assert page.startswith("<!doctype html>") and "rgba(220,30,30,0.90)" in page
