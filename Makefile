@@ -1,5 +1,5 @@
 # The README's two commands:
-#   make run   - create .venv, install everything, run the default pipeline (dvc repro) on real MNIST
+#   make run   - create .venv, install everything, run the default pipeline (dvc repro): MNIST, TREC, MR
 #   make test  - create/reuse .venv, install, run the whole test suite
 # torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
 
@@ -21,14 +21,14 @@ venv: $(BIN)/python
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[pipeline,serve,explainers,test]"
+	$(BIN)/python -m pip install --quiet -e ".[pipeline,serve,benchmarks,test]"
 	touch $@
 
 install: $(VENV)/.installed
 
 run: install
 	$(BIN)/dvc repro
-	@cat reports/mnist/table.md
+	@cat reports/mnist/table.md reports/trec/table.md reports/mr/table.md
 
 test: install
 	$(BIN)/python -m pytest -q -rs

@@ -12,9 +12,17 @@ import torch
 from conftest import tiny_args
 from ngsll import build_model
 
-SPEC = importlib.util.spec_from_file_location("latency", Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py")
-latency = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(latency)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+latency, accuracy = load_benchmark("latency"), load_benchmark("accuracy")
 
 
 def test_latency_benchmark_runs_every_row_on_tiny_inputs() -> None:
@@ -28,8 +36,19 @@ def test_latency_benchmark_runs_every_row_on_tiny_inputs() -> None:
                          for n in ("1 sample", "batch 4 (per sample)")}
     pytest.importorskip("lime")
     rows |= latency.lime_rows(z, np.array([0, 1, 0, 1, 0, 1]), z, [1, 2], samples=1, num_samples=50, seed=0)
+    pytest.importorskip("shap")
+    rows |= latency.shap_rows(z, np.array([0, 1, 0, 1, 0, 1]), z, [1, 2], samples=1, seed=0)
+    pytest.importorskip("captum")
+    dnn = build_model(tiny_args(num_features=4, kind="dnn"))
+    rows |= latency.captum_rows(dnn, x, [1, 2], samples=1, num_samples=20, cells=2, per_eval=10)
     text = latency.table(rows, [1, 2], reference="NGSLL, one-pass top-K, 1 sample")
     assert text.count("\n") == len(rows) + 1 and "LIME tabular (50 samples)" in text
+    assert "SHAP KernelExplainer" in text and "Captum Lime (20 samples)" in text and "Captum KernelShap" in text
+
+
+def test_cell_mask_numbers_cells_row_by_row() -> None:
+    mask = latency.cell_mask(4, 2)[0, 0]
+    assert mask.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
 
 
 @torch.inference_mode()
@@ -41,3 +60,21 @@ def test_sequential_and_one_pass_gates_explain_the_same_way() -> None:
     one_pass = model(x, z).gate
     sequential = latency.sequential_argmax_gate(dense.pow(2).sum(-1), model.feature_mask(z), 2)
     assert torch.equal(one_pass, sequential)
+
+
+def test_accuracy_table_averages_seeds_and_cites_the_paper() -> None:
+    runs = [
+        {"test_accuracy": {"NGSLL": {"1": 0.99, "5": 0.98}, "DNN": {"0": 0.97}}, "device": "cpu (2 threads)"},
+        {"test_accuracy": {"NGSLL": {"1": 0.97, "5": 0.98}, "DNN": {"0": 0.99}}, "device": "cpu (2 threads)"},
+    ]
+    table = accuracy.summary_table("mnist", runs)
+    assert "| NGSLL | 0.980 (±0.010) [paper 0.994] | 0.980 (±0.000) [paper 0.995] |" in table
+    assert "| DNN | 0.980 (±0.010) [paper 0.992] | 0.980 (±0.010) [paper 0.992] |" in table
+    assert table.endswith("2 seed(s); measured on cpu (2 threads)")
+    assert "[paper" not in accuracy.summary_table("trec", runs)
+
+
+def test_experiment_records_are_found_at_any_depth_of_dvc_exp_show() -> None:
+    shown = [{"rev": "workspace", "name": None, "data": {}},
+             {"rev": "abc", "name": "main", "data": {}, "experiments": [{"revs": [{"name": "s-seed1", "data": {"x": 1}}]}]}]
+    assert [record["name"] for record in accuracy._experiments(shown)] == [None, "main", "s-seed1"]

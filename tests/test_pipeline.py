@@ -281,3 +281,18 @@ def test_mlproject_train_entry_point_runs_an_experiment_offline(pipeline_repo: P
     metrics = json.loads((pipeline_repo / "metrics/mnist/evaluate.json").read_text())
     assert set(metrics["test_accuracy"]["NGSLL"]) == {"2"}
     assert torch.load(pipeline_repo / "models/mnist/fine/k2.pt", weights_only=True)["model_args"]["k"] == 2
+
+
+def test_accuracy_benchmark_runs_seeds_as_dvc_experiments(pipeline_repo: Path, monkeypatch) -> None:
+    from test_benchmarks import accuracy
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    run(["git", "add", "-A"], pipeline_repo)
+    run(["git", "commit", "-qm", "before seeds"], pipeline_repo, check=False)
+    names = [f"bench-seed{seed}" for seed in (1, 2)]
+    for seed, name in zip((1, 2), names):
+        accuracy.run_seed(pipeline_repo, seed, ["tiny"], name, accuracy.QUICK_OVERRIDES)
+    runs = accuracy.collect(pipeline_repo, names, ["tiny"])["tiny"]
+    assert len(runs) == 2 and all(set(run["test_accuracy"]["NGSLL"]) == {"1", "3"} for run in runs)
+    table = accuracy.summary_table("tiny", runs)
+    assert "| NGSLL |" in table and "2 seed(s)" in table
