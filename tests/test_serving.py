@@ -93,6 +93,9 @@ def test_kserve_envelope_answers_each_instance(service: ImageService) -> None:
     assert status == 200 and len(payload["predictions"]) == 2
     for answer in payload["predictions"]:
         check_answer(answer)
+    status, payload = service.respond([json.dumps(body)], explain=[True])[0]
+    assert status == 200 and list(payload) == ["explanations"]  # KServe v1 `:explain` answers explanations
+    assert all(len(answer["weight_map"]) == 7 for answer in payload["explanations"])
 
 
 def test_batched_answers_equal_single_answers_and_bad_requests_do_not_spoil_a_batch(service: ImageService) -> None:

@@ -2,13 +2,15 @@
 
 Checks the handler end to end: PNG and JSON requests, the contribution-sum invariant, server-side
 batching equal to unbatched answers, the explain endpoints, 400s that leave the worker alive, token
-authorisation in the production config, and the MLflow deployment plugin's create -> predict ->
-explain -> delete cycle.
+authorisation in the production config, the MLflow deployment plugin's create -> predict -> explain ->
+delete cycle, and the KServe layout answering the v1 protocol.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +28,8 @@ from ngsll import build_model  # noqa: E402
 from ngsll.checkpoint import checkpoint_dict  # noqa: E402
 from ngsll.simplify import cell_names  # noqa: E402
 from ngsll_plugins.torchserve import (  # noqa: E402
-    ServerConfig, TorchServeClient, TorchServeError, build_archive, free_ports, free_worker_port, key_file, start, stop,
-    wait_until_ready,
+    ServerConfig, TorchServeClient, TorchServeError, build_archive, free_ports, free_worker_port, key_file,
+    kserve_config, read_properties, start, stop, wait_until_ready,
 )
 from test_serving import assert_same_answer, digit, png_bytes  # noqa: E402
 
@@ -198,7 +200,50 @@ def test_mlflow_deployment_plugin_create_predict_explain_delete(server: Server, 
     for answer in predictions.to_dict(orient="records"):
         check_invariant(answer)
     explained = client.explain("ngsll-deploy", digit(5)[None])
-    assert np.asarray(explained["predictions"][0]["weight_map"]).shape == (7, 7)
+    assert np.asarray(explained["explanations"][0]["weight_map"]).shape == (7, 7)
     client.update_deployment("ngsll-deploy", config={"workers": 1})
     client.delete_deployment("ngsll-deploy")
     assert "ngsll-deploy" not in {d["name"] for d in client.list_deployments()}
+
+
+def test_kserve_layout_answers_the_v1_protocol_like_the_plain_endpoint(server: Server, tmp_path: Path) -> None:
+    """The package stage's KServe layout, started the way KServe's runtime starts it (`torchserve --start
+    --model-store <mount>/model-store --ts-config <mount>/config/config.properties`), with TS_* variables
+    moving its 0.0.0.0 addresses to free loopback ports as a pod's environment would."""
+    mount = tmp_path / "mnt-models"
+    checkpoint, features = write_model(tmp_path / "model")
+    build_archive(checkpoint, features, mount / "model-store", "ngsll")
+    config = kserve_config({"ngsll": {"mar": "ngsll.mar"}}).write(mount / "config" / "config.properties")
+    properties = read_properties(config)
+    assert properties["inference_address"] == "http://0.0.0.0:8085" and "ngsll" in properties["model_snapshot"]
+    inference, management, metrics, grpc, grpc_management = free_ports(5)
+    env = {"TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{inference}", "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{management}",
+           "TS_METRICS_ADDRESS": f"http://127.0.0.1:{metrics}", "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1",
+           "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1", "TS_GRPC_INFERENCE_PORT": str(grpc),
+           "TS_GRPC_MANAGEMENT_PORT": str(grpc_management), "TS_INITIAL_WORKER_PORT": str(free_worker_port())}
+    workdir = tmp_path / "run"
+    start(workdir, mount / "model-store", config, env=env)
+    try:
+        client = TorchServeClient(f"http://127.0.0.1:{inference}", f"http://127.0.0.1:{management}", timeout=30)
+        wait_until_ready(client, None)
+        images = [digit(0), digit(7)]
+        instances = {"instances": [{"image": images[0].tolist()}, {"b64": base64.b64encode(png_bytes(images[1])).decode()}]}
+        body = json.dumps(instances).encode()
+        deadline = time.monotonic() + 60
+        while True:  # the snapshot's worker may still be starting after /ping answers
+            status, predicted = post(f"{client.inference_url}/v1/models/ngsll:predict", body)
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert status == 200 and list(predicted) == ["predictions"] and len(predicted["predictions"]) == 2
+        status, explained = post(f"{client.inference_url}/v1/models/ngsll:explain", body)
+        assert status == 200 and list(explained) == ["explanations"]
+        assert all(len(item["weight_map"]) == 7 for item in explained["explanations"])
+        for image, answer in zip(images, predicted["predictions"]):
+            status, plain = post(f"{server.client.inference_url}/predictions/ngsll", png_bytes(image), "image/png")
+            assert status == 200
+            assert_same_answer(answer, plain)
+        status, error = post(f"{client.inference_url}/v1/models/ngsll:predict", b'{"instances": []}')
+        assert status == 400 and "instances" in error["error"]
+    finally:
+        stop(workdir)

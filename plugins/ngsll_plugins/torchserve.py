@@ -81,6 +81,7 @@ class ServerConfig:
     model_api: bool = False
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"mar", "batch_size", ...}
     extra: dict[str, str] = field(default_factory=dict)
+    snapshot: bool = False  # list the models as a `model_snapshot` (what KServe's wrapper reads) instead
 
     def properties(self) -> str:
         lines = [
@@ -97,15 +98,19 @@ class ServerConfig:
             "default_workers_per_model=1",
             f"initial_worker_port={self.worker_port}",
         ]
-        if self.models:
+        versions = {
+            name: {"1.0": {
+                "defaultVersion": True, "marName": spec["mar"], "minWorkers": 1, "maxWorkers": 1,
+                "batchSize": int(spec.get("batch_size", 1)), "maxBatchDelay": int(spec.get("max_batch_delay", 0)),
+                "responseTimeout": int(spec.get("response_timeout", 60)),
+            }} for name, spec in self.models.items()
+        }
+        if self.models and self.snapshot:
+            lines.append("model_snapshot=" + json.dumps(
+                {"name": "startup.cfg", "modelCount": len(versions), "models": versions}))
+        elif self.models:
             lines.append("load_models=" + ",".join(spec["mar"] for spec in self.models.values()))
-            lines.append("models=" + json.dumps({
-                name: {"1.0": {
-                    "defaultVersion": True, "marName": spec["mar"], "minWorkers": 1, "maxWorkers": 1,
-                    "batchSize": int(spec.get("batch_size", 1)), "maxBatchDelay": int(spec.get("max_batch_delay", 0)),
-                    "responseTimeout": int(spec.get("response_timeout", 60)),
-                }} for name, spec in self.models.items()
-            }))
+            lines.append("models=" + json.dumps(versions))
         lines += [f"{key}={value}" for key, value in self.extra.items()]
         return "\n".join(lines) + "\n"
 
@@ -113,6 +118,25 @@ class ServerConfig:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.properties())
         return path
+
+
+def kserve_config(models: dict[str, dict[str, Any]]) -> ServerConfig:
+    """``config.properties`` for KServe's TorchServe runtime, which mounts ``/mnt/models``.
+
+    TorchServe listens on 0.0.0.0:8085 behind KServe's wrapper (which owns 8080 and gRPC 7070, so
+    TorchServe's gRPC moves to 7075/7076); the models are a ``model_snapshot`` (the wrapper reads their
+    names from it); ``TS_*`` environment variables may override any property (``enable_envvars_config``).
+    Token authorisation is off because the wrapper calls TorchServe without a token: keep the pod's
+    TorchServe ports private and authenticate at the cluster ingress. The KServe v1 protocol
+    (``{"instances": [...]}`` -> ``{"predictions"|"explanations": [...]}``) is spoken by the NGSLL handler
+    itself, not by TorchServe's ``service_envelope=kserve``, which answers only the first request of
+    each server-side batch.
+    """
+    return ServerConfig(
+        inference_port=8085, management_port=8081, metrics_port=8082, grpc_inference_port=7075,
+        grpc_management_port=7076, bind="0.0.0.0", token_auth=False, model_api=False, models=models, snapshot=True,
+        extra={"enable_envvars_config": "true", "model_store": "/mnt/models/model-store"},
+    )
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -194,8 +218,10 @@ class TorchServeClient:
         return self._call("DELETE", f"{self.management_url}/models/{name}{suffix}", self.management_token)[1]
 
 
-def start(workdir: Path, model_store: Path, config: Path, models: list[str] | None = None) -> None:
-    """``torchserve --start`` with its logs, key file and pid file inside ``workdir``."""
+def start(workdir: Path, model_store: Path, config: Path, models: list[str] | None = None,
+          env: dict[str, str] | None = None) -> None:
+    """``torchserve --start`` with its logs, key file and pid file inside ``workdir``; ``env`` adds
+    environment variables (e.g. ``TS_INFERENCE_ADDRESS`` for a config with ``enable_envvars_config``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     command = [_executable("torchserve"), "--start", "--ncs", "--model-store", str(model_store.resolve()),
                "--ts-config", str(config.resolve())]
@@ -203,7 +229,7 @@ def start(workdir: Path, model_store: Path, config: Path, models: list[str] | No
         command += ["--models", *models]
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(workdir.resolve()), "LOG_LOCATION": str(logs.resolve()),
+    env = {**os.environ, **(env or {}), "TMPDIR": str(workdir.resolve()), "LOG_LOCATION": str(logs.resolve()),
            "METRICS_LOCATION": str(logs.resolve())}
     # The Java frontend inherits these handles and outlives the CLI: give it a file, never a pipe.
     with open(logs / "console.log", "ab") as console:

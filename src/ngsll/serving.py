@@ -208,5 +208,8 @@ class ImageService:
             mine = [next(answers) for _ in range(len(item.images))]
             if not wants_explanation:
                 mine = [{k: v for k, v in a.items() if k not in EXPLANATION_FIELDS} for a in mine]
-            responses.append((200, {"predictions": mine} if item.envelope else mine[0]))
+            if item.envelope:  # KServe v1: {"predictions": [...]}, or {"explanations": [...]} on :explain
+                responses.append((200, {"explanations" if wants_explanation else "predictions": mine}))
+            else:
+                responses.append((200, mine[0]))
         return responses
