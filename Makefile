@@ -21,7 +21,7 @@ venv: $(BIN)/python
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[pipeline,serve,benchmarks,test]"
+	$(BIN)/python -m pip install --quiet -e ".[pipeline,serve,benchmarks,ray,test]"
 	touch $@
 
 install: $(VENV)/.installed

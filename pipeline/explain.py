@@ -1,6 +1,10 @@
 """Stage `explain`: NormLIME global and class-specific importance from every fine model's sparse
 weights, beside SP-LIME, mean |w| and the DNN's average input gradient, and a Keep-And-Retrain
-faithfulness check of each ranking (random included)."""
+faithfulness check of each ranking (random included).
+
+``explain.engine: ray`` computes the NormLIME passes on Ray Data instead (same numbers; a local Ray, or
+the cluster at ``explain.ray.address`` / ``RAY_ADDRESS``), optionally writing each sample's sparse
+weights as Parquet shards under ``<out-dir>/weights_k<K>/``."""
 
 from __future__ import annotations
 
@@ -19,6 +23,27 @@ from ngsll.train import TensorData, pick_device
 from ngsll_plugins.tracking import configure
 from stage_io import load_checkpoint, load_model, load_params, load_split, log, read_json, save_figure, setup_logging, write_json
 
+ENGINES = ("local", "ray")
+
+
+def fine_normlime(checkpoint_path: Path, data: TensorData, split, num_classes: int, settings: dict, device,
+                  weights_dir: Path) -> NormLIME:
+    """NormLIME of one fine model over the split, in this process or on Ray Data (``explain.engine``)."""
+    if settings["engine"] == "local":
+        return accumulate_normlime(load_model(checkpoint_path, device), data, num_classes, int(settings["batch_size"]))
+    from ngsll_plugins.ray_batch import init_ray, ray_normlime
+
+    ray_settings = settings["ray"]
+    init_ray(address=ray_settings.get("address"))
+    result = ray_normlime(
+        load_checkpoint(checkpoint_path), split.x, split.z, num_classes, blocks=int(ray_settings["blocks"]),
+        batch_size=int(settings["batch_size"]), actors=int(ray_settings["actors"]),
+        cpus_per_actor=float(ray_settings["cpus_per_actor"]),
+        weights_dir=weights_dir if ray_settings["write_weights"] else None,
+    )
+    log.info("Ray: NormLIME of %s merged from %d blocks", checkpoint_path.name, result.blocks)
+    return result.normlime
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -32,6 +57,8 @@ def main() -> None:
     setup_logging()
     params = load_params(args.params)
     settings, ks = section(params, "explain"), [int(k) for k in section(params, "train", "ks")]
+    if settings["engine"] not in ENGINES:
+        raise SystemExit(f"explain.engine must be one of {ENGINES}, got {settings['engine']!r}")
     cells = int(section(params, "data", "cells"))
     features = read_json(args.data_dir / "features.json")
     names, classes = features["feature_names"], features["class_names"]
@@ -60,8 +87,8 @@ def main() -> None:
     gains: dict[str, dict[str, dict[float, float]]] = {}
     class_maps, global_maps = {}, {}
     for k in ks:
-        normlime = accumulate_normlime(load_model(args.fine_dir / f"k{k}.pt", device), data, len(classes),
-                                       int(settings["batch_size"]))
+        normlime = fine_normlime(args.fine_dir / f"k{k}.pt", data, split, len(classes), settings, device,
+                                 args.out_dir / f"weights_k{k}")
         importance["by_k"][str(k)] = {
             "normlime": normlime.global_importance_.tolist(),
             "normlime_by_class": dict(zip(classes, normlime.class_importance_.tolist())),

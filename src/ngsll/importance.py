@@ -19,17 +19,23 @@ from ngsll.train import TensorData, predict_labels
 
 
 @torch.inference_mode()
+def answered_weights(model: NGSLL, x: torch.Tensor, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(B, d) sparse weights of the answered output (the logit for binary models) and (B,) predicted
+    labels for one batch, as NumPy arrays: the local linear models NormLIME aggregates."""
+    model.eval()
+    output = model(x, z)
+    answered = answered_class(output.logits, model.args.task)  # (B,)
+    weights = output.weights.gather(-1, answered.view(-1, 1, 1).expand(-1, z.shape[1], 1))[..., 0]  # (B, d)
+    predicted = predict_labels(output.logits, model.args.task)  # (B,)
+    return weights.cpu().numpy(), predicted.cpu().numpy()
+
+
 def accumulate_normlime(model: NGSLL, data: TensorData, num_classes: int, batch_size: int = 1024) -> NormLIME:
     """Run ``model`` over ``data`` in batches and feed each sample's sparse weights of the answered
-    output (the logit for binary models) with its predicted label into a :class:`NormLIME`."""
-    model.eval()
+    output with its predicted label into a :class:`NormLIME`."""
     normlime = NormLIME(model.args.num_features, num_classes)
     for x, z, _ in data.batches(batch_size):
-        output = model(x, z)
-        answered = answered_class(output.logits, model.args.task)  # (B,)
-        weights = output.weights.gather(-1, answered.view(-1, 1, 1).expand(-1, z.shape[1], 1))[..., 0]  # (B, d)
-        predicted = predict_labels(output.logits, model.args.task)  # (B,)
-        normlime.update(weights.cpu().numpy(), predicted.cpu().numpy())
+        normlime.update(*answered_weights(model, x, z))
     return normlime
 
 
