@@ -7,7 +7,7 @@ from the experiments' ``metrics/<dataset>/evaluate.json`` through ``dvc exp show
 experiment stays in ``dvc exp show`` / the MLflow UI afterwards.
 
     .venv/bin/python benchmarks/accuracy.py                  # five seeds, params.yaml as is (hours on CPU)
-    .venv/bin/python benchmarks/accuracy.py --quick          # two seeds, one epoch per phase, text only
+    .venv/bin/python benchmarks/accuracy.py --quick          # two seeds, one epoch per phase, TREC only
     .venv/bin/python benchmarks/accuracy.py --datasets mnist --seeds 0 1 2 3 4
 
 Prints one Markdown table per dataset: mean (± std) over seeds, the paper's number beside ours where the
@@ -118,7 +118,7 @@ def summary_table(dataset: str, runs: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", help="mnist and/or text datasets (default: all; --quick: text)")
+    parser.add_argument("--datasets", nargs="+", help="mnist and/or text datasets (default: all; --quick: trec)")
     parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 3 4 (--quick: 0 1)")
     parser.add_argument("--quick", action="store_true", help="two seeds, one epoch per training phase")
     parser.add_argument("--prefix", default=f"seeds-{time.strftime('%Y%m%d-%H%M%S')}", help="experiment names")
@@ -127,7 +127,7 @@ def main() -> None:
     import yaml
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    datasets = args.datasets or (params["text"]["run"] if args.quick else ["mnist", *params["text"]["run"]])
+    datasets = args.datasets or (["trec"] if args.quick else ["mnist", *params["text"]["run"]])
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2, 3, 4])
     overrides = (QUICK_OVERRIDES if args.quick else []) + args.set_param
     names = []
