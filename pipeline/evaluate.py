@@ -17,10 +17,10 @@ import torch
 from ngsll.baselines import LINEAR_MODELS, LinearBaseline
 from ngsll.config import dataset_settings, section
 from ngsll.evaluation import format_table, time_explanations
-from ngsll.explain import answered_class
+from ngsll.importance import answered_weights
 from ngsll.plots import accuracy_vs_k_figure, training_curves_figure, weight_overlay_figure
 from ngsll.textviz import ExplainedSentence, sentences_page
-from ngsll.train import TensorData, device_description, evaluate, pick_device, predict_labels
+from ngsll.train import TensorData, device_description, evaluate, pick_device
 from ngsll_plugins.tracking import configure, start_run
 from stage_io import (
     load_checkpoint, load_model, load_params, load_split, log, read_json, save_figure, setup_logging, write_json,
@@ -55,13 +55,7 @@ def explained_sentences(models: dict, ks: list[int], split, chosen: np.ndarray, 
     sentences = [ExplainedSentence(split.texts[i], class_names[split.y[i]]) for i in chosen]
     sample = TensorData.from_arrays(split.x[chosen], split.z[chosen], split.y[chosen], device=device)
     for k in ks:
-        model = models[k]
-        with torch.inference_mode():
-            output = model(sample.x, sample.z)
-        answered = answered_class(output.logits, model.args.task)  # (n,)
-        class_weights = output.weights.gather(-1, answered.view(-1, 1, 1).expand(-1, output.weights.shape[1], 1))
-        class_weights = class_weights[..., 0].cpu().numpy()  # (n, d)
-        predicted = predict_labels(output.logits, model.args.task).cpu().numpy()  # (n,)
+        class_weights, predicted = answered_weights(models[k], sample.x, sample.z)  # (n, d), (n,)
         for row, sentence in enumerate(sentences):
             chosen_words = {words[j]: float(class_weights[row, j]) for j in np.flatnonzero(class_weights[row])}
             sentence.answers[f"NGSLL K={k}"] = (class_names[predicted[row]], chosen_words)
@@ -138,10 +132,9 @@ def main() -> None:
         ),
         "accuracy_vs_k.png": accuracy_vs_k_figure(accuracy, ks),
     }
-    classes = range(len(features["class_names"]))
+    per_class = int(settings["figure_digits_per_class" if dataset.input_kind == "image" else "figure_sentences_per_class"])
+    chosen = np.concatenate([np.flatnonzero(test_split.y == c)[:per_class] for c in range(len(features["class_names"]))])
     if dataset.input_kind == "image":
-        per_class = int(settings["figure_digits_per_class"])
-        chosen = np.concatenate([np.flatnonzero(test_split.y == c)[:per_class] for c in classes])
         sample = TensorData.from_arrays(test_split.x[chosen], test_split.z[chosen], test_split.y[chosen], device=device)
         cells = int(dataset.data["cells"])
         maps = {f"NGSLL K={k}": weight_maps(models[k], sample, cells) for k in ks}
@@ -149,8 +142,6 @@ def main() -> None:
         titles = [f"digit {d}" for d in test_split.digits[chosen]]
         figures["weights.png"] = weight_overlay_figure(test_split.x[chosen, 0], maps, titles)
     else:
-        per_class = int(settings["figure_sentences_per_class"])
-        chosen = np.concatenate([np.flatnonzero(test_split.y == c)[:per_class] for c in classes])
         sentences = explained_sentences(models, ks, test_split, chosen, features["class_names"],
                                         features["feature_names"], device)
         title = f"{TITLES.get(args.dataset, args.dataset)}: words chosen by NGSLL and their weights"

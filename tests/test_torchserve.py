@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -225,16 +224,11 @@ def test_kserve_layout_answers_the_v1_protocol_like_the_plain_endpoint(server: S
     start(workdir, mount / "model-store", config, env=env)
     try:
         client = TorchServeClient(f"http://127.0.0.1:{inference}", f"http://127.0.0.1:{management}", timeout=30)
-        wait_until_ready(client, None)
+        wait_until_ready(client, "ngsll")  # the snapshot's model has a READY worker
         images = [digit(0), digit(7)]
         instances = {"instances": [{"image": images[0].tolist()}, {"b64": base64.b64encode(png_bytes(images[1])).decode()}]}
         body = json.dumps(instances).encode()
-        deadline = time.monotonic() + 60
-        while True:  # the snapshot's worker may still be starting after /ping answers
-            status, predicted = post(f"{client.inference_url}/v1/models/ngsll:predict", body)
-            if status == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        status, predicted = post(f"{client.inference_url}/v1/models/ngsll:predict", body)
         assert status == 200 and list(predicted) == ["predictions"] and len(predicted["predictions"]) == 2
         status, explained = post(f"{client.inference_url}/v1/models/ngsll:explain", body)
         assert status == 200 and list(explained) == ["explanations"]

@@ -42,6 +42,13 @@ def answered_class(logits: torch.Tensor, task: str) -> torch.Tensor:
     return torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
 
 
+def answered_class_weights(output: NGSLLOutput, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) answered class (see :func:`answered_class`) and (B, d) the gated weights of that class."""
+    class_index = answered_class(output.logits, task)  # (B,)
+    gather_class = class_index.view(-1, 1, 1).expand(-1, output.weights.shape[1], 1)  # (B, d, 1)
+    return class_index, output.weights.gather(-1, gather_class).squeeze(-1)  # (B,), (B, d)
+
+
 def sparse_explanation(output: NGSLLOutput, z: torch.Tensor, k: int, task: str) -> SparseExplanation:
     """Pick the (at most) ``k`` gated features of each sample, batched, sorted by |z_j w'_j|.
 
@@ -51,9 +58,7 @@ def sparse_explanation(output: NGSLLOutput, z: torch.Tensor, k: int, task: str) 
         k: the model's K.
         task: the model's task.
     """
-    class_index = answered_class(output.logits, task)  # (B,)
-    gather_class = class_index.view(-1, 1, 1).expand(-1, output.weights.shape[1], 1)  # (B, d, 1)
-    class_weights = output.weights.gather(-1, gather_class).squeeze(-1)  # (B, d)
+    class_index, class_weights = answered_class_weights(output, task)  # (B,), (B, d)
     contributions = z * class_weights  # (B, d)
     open_gate = output.gate > 0  # (B, d)
     k = min(k, z.shape[1])

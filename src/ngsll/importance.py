@@ -12,7 +12,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from ngsll.errors import InputError
-from ngsll.explain import answered_class
+from ngsll.explain import answered_class_weights
 from ngsll.model import DNNClassifier, NGSLL
 from ngsll.normlime import NormLIME
 from ngsll.train import TensorData, predict_labels
@@ -24,8 +24,7 @@ def answered_weights(model: NGSLL, x: torch.Tensor, z: torch.Tensor) -> tuple[np
     labels for one batch, as NumPy arrays: the local linear models NormLIME aggregates."""
     model.eval()
     output = model(x, z)
-    answered = answered_class(output.logits, model.args.task)  # (B,)
-    weights = output.weights.gather(-1, answered.view(-1, 1, 1).expand(-1, z.shape[1], 1))[..., 0]  # (B, d)
+    _, weights = answered_class_weights(output, model.args.task)  # (B, d)
     predicted = predict_labels(output.logits, model.args.task)  # (B,)
     return weights.cpu().numpy(), predicted.cpu().numpy()
 
