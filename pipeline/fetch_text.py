@@ -48,7 +48,7 @@ def main() -> None:
         class_names=data.get("class_names"),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    corpus.frame().to_csv(args.out, index=False)
+    corpus.write_csv(args.out)
     provenance |= {"format": data["format"], "rows": len(corpus), "class_names": corpus.class_names,
                    "official_split": corpus.official_split is not None, "csv_sha256": sha256_of(args.out)}
     write_json(args.info, provenance)

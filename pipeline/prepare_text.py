@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
 from ngsll.config import dataset_settings
 from ngsll.data.text import TextCorpus, split_indices
 from ngsll.text import TextEncoder
@@ -33,8 +31,7 @@ def main() -> None:
     params = load_params(args.params)
     data = dataset_settings(params, args.dataset).data
 
-    frame = pd.read_csv(args.raw, dtype={"text": str, "split": str}, keep_default_na=False)
-    corpus = TextCorpus.from_frame(frame, read_json(args.info)["class_names"])
+    corpus = TextCorpus.read_csv(args.raw, read_json(args.info)["class_names"])
     indices = split_indices(corpus, int(params["seed"]), float(data["validation_fraction"]),
                             float(data["test_fraction"]))
     texts = {name: [corpus.texts[i] for i in rows] for name, rows in indices.items()}

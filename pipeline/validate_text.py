@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
 from ngsll.config import dataset_settings
+from ngsll.data.text import TextCorpus
 from ngsll.quality import raw_text_checks, raw_text_frame, run_checks
 from stage_io import finish_gate, load_params, read_json, setup_logging
 
@@ -27,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     rows = dataset_settings(load_params(args.params), args.dataset).data["rows"]
-    corpus = pd.read_csv(args.raw, dtype={"text": str, "split": str}, keep_default_na=False)
+    corpus = TextCorpus.read_frame(args.raw)
     checks = raw_text_checks(len(read_json(args.info)["class_names"]), int(rows["min"]), int(rows["max"]))
     report = run_checks({args.dataset: (raw_text_frame(corpus), checks)}, suite_name=f"raw_{args.dataset}")
     finish_gate(report, args.report, args.html, f"validate_text ({args.dataset})")

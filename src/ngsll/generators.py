@@ -123,6 +123,20 @@ class SentenceCNNGenerator(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = mlp_head(filter_maps * len(filter_widths), hidden_layers, hidden_units, out_features)
 
+    @classmethod
+    def for_model(cls, args: Any, out_features: int) -> SentenceCNNGenerator:
+        """The generator described by a text model's :class:`ngsll.model.ModelArgs`, with ``out_features`` outputs."""
+        return cls(
+            vocab_size=args.vocab_size,
+            embedding_dim=args.embedding_dim,
+            filter_widths=args.filter_widths,
+            filter_maps=args.filter_maps,
+            dropout=args.dropout,
+            hidden_layers=args.hidden_layers,
+            hidden_units=args.hidden_units,
+            out_features=out_features,
+        )
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.shape[1] < self.min_length:
             tokens = nn.functional.pad(tokens, (0, self.min_length - tokens.shape[1]), value=PAD_ID)  # (B, T')
@@ -134,14 +148,5 @@ class SentenceCNNGenerator(nn.Module):
 def build_generator(args: Any, out_features: int) -> ImageWeightGenerator | SentenceCNNGenerator:
     """The generator a model's :class:`ngsll.model.ModelArgs` describe, with ``out_features`` outputs."""
     if args.input_kind == "text":
-        return SentenceCNNGenerator(
-            vocab_size=args.vocab_size,
-            embedding_dim=args.embedding_dim,
-            filter_widths=args.filter_widths,
-            filter_maps=args.filter_maps,
-            dropout=args.dropout,
-            hidden_layers=args.hidden_layers,
-            hidden_units=args.hidden_units,
-            out_features=out_features,
-        )
+        return SentenceCNNGenerator.for_model(args, out_features)
     return ImageWeightGenerator.for_model(args, out_features)

@@ -14,6 +14,7 @@ the column and what was expected.
 
 from __future__ import annotations
 
+import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,20 @@ class TextCorpus:
             "label_name": [self.class_names[i] for i in self.labels], "split": split,
         })
 
+    def write_csv(self, path: str | Path) -> None:
+        """Write :meth:`frame` as the normalised corpus CSV the fetch stage hands on."""
+        self.frame().to_csv(path, index=False)
+
+    @staticmethod
+    def read_frame(path: str | Path) -> pd.DataFrame:
+        """The normalised corpus CSV of :meth:`write_csv` as a table (texts and splits kept as strings)."""
+        return pd.read_csv(path, dtype={"text": str, "split": str}, keep_default_na=False)
+
+    @classmethod
+    def read_csv(cls, path: str | Path, class_names: list[str]) -> TextCorpus:
+        """Inverse of :meth:`write_csv`."""
+        return cls.from_frame(cls.read_frame(path), class_names)
+
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, class_names: list[str]) -> TextCorpus:
         """Inverse of :meth:`frame` (the raw file the fetch stage writes)."""
@@ -93,7 +108,8 @@ def _read_table(path: Path, file_format: str) -> pd.DataFrame:
         else:
             separator = "\t" if file_format in ("tsv", "mr") else ","
             frame = pd.read_csv(io.StringIO(decode_utf8(data, path)), sep=separator, dtype=str,
-                                keep_default_na=False, quoting=3 if file_format == "mr" else 0)
+                                keep_default_na=False,
+                                quoting=csv.QUOTE_NONE if file_format == "mr" else csv.QUOTE_MINIMAL)
     except (ValueError, OSError, pd.errors.ParserError) as error:
         raise TextDataError(f"{path} could not be read as {file_format}: {error}") from error
     if frame.empty:
