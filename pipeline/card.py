@@ -21,9 +21,11 @@ from stage_io import load_checkpoint, load_params, load_split, log, read_json, s
 
 def phase_row(name: str, checkpoint: dict) -> dict:
     history, phase = checkpoint["history"], checkpoint["phase"]
+    world_size = int(checkpoint.get("world_size", 1))
+    device = checkpoint["device"] + (f" x {world_size} DDP processes" if world_size > 1 else "")
     return {"name": name, "k": phase["k"], "tau": phase["tau"], "optimizer": phase["optimizer"], "lr": phase["lr"],
             "epochs": len(history), "best_epoch": min(history, key=lambda row: row["val_loss"])["epoch"],
-            "seconds": sum(row["seconds"] for row in history), "device": checkpoint["device"]}
+            "seconds": sum(row["seconds"] for row in history), "device": device}
 
 
 def examples(checkpoint: dict, split, features: dict, per_class: int = 2) -> list[dict]:

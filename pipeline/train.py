@@ -12,20 +12,35 @@ pyfunc and registered (images; text models are logged as checkpoints). The DNN a
 one run each. Run ids go into the checkpoints.
 
 ``--dataset`` picks the params sections: ``mnist`` (default) or a text dataset under ``text.datasets``.
+
+Data parallel (PyTorch DDP): with ``distributed.nproc_per_node`` > 1 in params the stage reruns itself
+under ``torchrun`` with that many processes; the script also runs unchanged under a ``torchrun`` the user
+starts (several nodes included). Every rank trains on its share of each batch; only rank 0 writes the
+checkpoint and the history and logs to MLflow (with the world size). A rank that fails stops the stage
+with its error; a rank that hangs fails the others after ``distributed.timeout_s``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import subprocess
+import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import mlflow
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from ngsll import build_model
 from ngsll.checkpoint import checkpoint_dict, model_from_checkpoint
-from ngsll.config import coarse_phase, dataset_settings, fine_phase, model_args, reference_phase
-from ngsll.train import device_description, pick_device, seed_everything, train_phase
+from ngsll.config import (
+    DatasetSettings, coarse_phase, dataset_settings, distributed_settings, fine_phase, model_args, reference_phase,
+)
+from ngsll.distributed import DistributedContext, init_distributed, launched_by_torchrun, shutdown, torchrun_command
+from ngsll.train import PhaseConfig, device_description, pick_device, seed_everything, train_phase
 from ngsll_plugins.tracking import (
     configure, epoch_logger, log_device, log_phase, log_pyfunc_model, phase_params, start_run,
 )
@@ -38,8 +53,8 @@ STAGES = ("coarse", "fine", "dnn", "dense")
 RUN_NAMES = {"dnn": "DNN", "dense": "NGSLL (w/o K-HGM)"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=STAGES, required=True)
     parser.add_argument("--dataset", default="mnist", help="mnist or a name under text.datasets")
     parser.add_argument("--data-dir", type=Path, required=True, help="prepared splits")
@@ -50,66 +65,109 @@ def main() -> None:
     parser.add_argument("--coarse", type=Path, help="coarse checkpoint (fine stage)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
+    if args.stage == "fine" and (args.k is None or args.coarse is None):
+        parser.error("the fine stage needs --k and --coarse")
+    return args
+
+
+def run_under_torchrun(nproc_per_node: int, stage: str) -> int:
+    """Rerun this very command as ``nproc_per_node`` DDP processes; torchrun's exit status."""
+    command = torchrun_command(sys.argv[0], sys.argv[1:], nproc_per_node)
+    log.info("stage %s: %d processes under torchrun: %s", stage, nproc_per_node, " ".join(command))
+    returncode = subprocess.run(command, check=False).returncode
+    if returncode != 0:
+        log.error("stage %s failed under torchrun (exit %d): the failing rank and its error are reported above",
+                  stage, returncode)
+    return returncode
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    """torchrun stops the surviving ranks with SIGTERM when one fails: exit through Python so open MLflow
+    runs end as FAILED instead of staying RUNNING."""
+    raise SystemExit(f"stopped by signal {signum}: another rank failed")
+
+
+def model_and_phase(args: argparse.Namespace, settings: DatasetSettings) -> tuple[Any, PhaseConfig, dict | None]:
+    """The stage's starting model, its :class:`PhaseConfig` and (fine stage) the coarse checkpoint."""
+    features = read_json(args.data_dir / "features.json")
+    if args.stage == "coarse":
+        return build_model(model_args(settings, features)), coarse_phase(settings.train), None
+    if args.stage == "fine":
+        coarse = load_checkpoint(args.coarse)
+        return model_from_checkpoint(coarse), fine_phase(settings.train, args.k, float(coarse["final_lr"])), coarse
+    model = build_model(model_args(settings, features, kind="dnn" if args.stage == "dnn" else "ngsll",
+                                   use_gate=args.stage == "dnn"))
+    return model, reference_phase(settings.train, k=model.args.k), None
+
+
+@record  # under torchrun: this rank's traceback goes into torchrun's failure summary
+def main() -> None:
+    args = parse_args()
     setup_logging()
     require_passed(args.checked)
     params = load_params(args.params)
-    settings = dataset_settings(params, args.dataset)
-    features = read_json(args.data_dir / "features.json")
-    seed = int(params["seed"])
-    device = pick_device(params.get("device", "auto"))
-    log.info("stage %s on %s", args.stage, device_description(device))
-    seed_everything(seed)
+    scale = distributed_settings(params)
+    if scale.nproc_per_node > 1 and not launched_by_torchrun():
+        raise SystemExit(run_under_torchrun(scale.nproc_per_node, args.stage))
+    context, device = init_distributed(pick_device(params.get("device", "auto")), scale.backend, scale.timeout_s)
+    if context.is_distributed:
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        train_stage(args, params, context, device)
+    finally:
+        shutdown()
 
-    coarse = None
-    if args.stage == "coarse":
-        model, phase = build_model(model_args(settings, features)), coarse_phase(settings.train)
-    elif args.stage == "fine":
-        if args.k is None or args.coarse is None:
-            parser.error("the fine stage needs --k and --coarse")
-        coarse = load_checkpoint(args.coarse)
-        model = model_from_checkpoint(coarse)
-        phase = fine_phase(settings.train, args.k, float(coarse["final_lr"]))
-    elif args.stage == "dnn":
-        model = build_model(model_args(settings, features, kind="dnn"))
-        phase = reference_phase(settings.train, k=model.args.k)
-    else:
-        model = build_model(model_args(settings, features, use_gate=False))
-        phase = reference_phase(settings.train, k=model.args.k)
+
+def train_stage(args: argparse.Namespace, params: dict[str, Any], context: DistributedContext, device) -> None:
+    settings = dataset_settings(params, args.dataset)
+    seed = int(params["seed"])
+    log.info("stage %s on %s (rank %d of %d)", args.stage, device_description(device), context.rank,
+             context.world_size)
+    if not context.is_main:
+        log.setLevel(logging.WARNING)  # rank 0 reports progress for all; other ranks speak only of trouble
+    seed_everything(seed)  # the same initial weights on every rank
+    model, phase, coarse = model_and_phase(args, settings)
     model.to(device)
     train = load_tensors(args.data_dir / "train.npz", device)
     validation = load_tensors(args.data_dir / "validation.npz", device)
     log.info("%s: %s", args.stage, phase)
 
-    tracked = args.stage != "coarse"  # the coarse phase is logged under every fine run that starts from it
+    # Only rank 0 talks to MLflow; the coarse phase is logged under every fine run that starts from it.
+    tracked = args.stage != "coarse" and context.is_main
     tracking = settings.tracking
     if tracked:
         configure(tracking["experiment"])
     run_name = f"NGSLL K={args.k}" if args.stage == "fine" else RUN_NAMES.get(args.stage, args.stage)
     with start_run(run_name) if tracked else nullcontext() as parent:
-        this_phase = phase_params(vars(phase), model.args.to_dict(), seed, device_description(device))
+        this_phase = phase_params(vars(phase), model.args.to_dict(), seed, device_description(device),
+                                  context.world_size)
         if tracked:
             mlflow.set_tags({"model": run_name.split(" K=")[0], "stage": args.stage})
-            mlflow.log_params({"model": run_name.split(" K=")[0], "dataset": args.dataset, "seed": seed})
+            mlflow.log_params({"model": run_name.split(" K=")[0], "dataset": args.dataset, "seed": seed,
+                               "world_size": context.world_size})
             if args.stage == "fine":  # the DNN has no K; the ablation logs one nested run per K at evaluation
                 mlflow.log_param("k", phase.k)
             mlflow.log_artifact(str(args.params))
-        if coarse is not None:
-            log_phase("coarse", phase_params(coarse["phase"], coarse["model_args"], seed, coarse["device"]),
+        if tracked and coarse is not None:
+            log_phase("coarse", phase_params(coarse["phase"], coarse["model_args"], seed, coarse["device"],
+                                             coarse.get("world_size", 1)),
                       coarse["history"], tags={"replayed_from": str(args.coarse)})
-        with mlflow.start_run(run_name=args.stage, nested=True) if args.stage == "fine" else nullcontext():
+        with mlflow.start_run(run_name=args.stage, nested=True) if tracked and args.stage == "fine" else nullcontext():
             if tracked and args.stage == "fine":
                 mlflow.log_params(this_phase)
                 mlflow.set_tag("phase", "fine")
             elif tracked:
-                mlflow.log_params({k: v for k, v in this_phase.items() if k not in ("k", "seed")})
+                mlflow.log_params({k: v for k, v in this_phase.items() if k not in ("k", "seed", "world_size")})
             result = train_phase(model, train, validation, phase, seed=seed, description=args.stage,
-                                 on_epoch=epoch_logger() if tracked else None)
+                                 on_epoch=epoch_logger() if tracked else None, context=context)
             if tracked:
                 log_device(device)
         log.info("%s: best epoch %d, val loss %.4f", args.stage, result.best_epoch, result.best_val_loss)
+        if not context.is_main:
+            return
         save_checkpoint(args.out, checkpoint_dict(
             model, params, stage=args.stage, phase=vars(phase), history=result.history, final_lr=result.final_lr,
-            device=result.device, mlflow_run_id=parent.info.run_id if tracked else "",
+            device=result.device, world_size=context.world_size, mlflow_run_id=parent.info.run_id if tracked else "",
         ))
         write_json(args.history, result.history)
         if args.stage == "fine" and settings.input_kind == "text":  # no pyfunc for text yet: the files to rebuild it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -296,3 +297,16 @@ def test_accuracy_benchmark_runs_seeds_as_dvc_experiments(pipeline_repo: Path, m
     assert len(runs) == 2 and all(set(run["test_accuracy"]["NGSLL"]) == {"1", "3"} for run in runs)
     table = accuracy.summary_table("tiny", runs)
     assert "| NGSLL |" in table and "2 seed(s)" in table
+
+
+def test_distributed_switch_runs_a_dvc_training_stage_under_torchrun(pipeline_repo: Path) -> None:
+    run(["git", "add", "-A"], pipeline_repo)
+    run(["git", "commit", "-qm", "before ddp"], pipeline_repo, check=False)
+    result = run(["dvc", "exp", "run", "--temp", "--name", "ddp", "-S", "distributed.nproc_per_node=2", "train_dnn"],
+                 pipeline_repo)
+    assert "2 processes under torchrun" in result.stdout + result.stderr
+    with sqlite3.connect(pipeline_repo / "mlflow.db") as connection:
+        logged = connection.execute(
+            "SELECT r.name, r.status FROM runs r JOIN params p ON p.run_uuid = r.run_uuid "
+            "WHERE p.key = 'world_size' AND p.value = '2'").fetchall()
+    assert logged == [("DNN", "FINISHED")]  # one run, from rank 0

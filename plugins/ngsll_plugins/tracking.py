@@ -67,8 +67,10 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def phase_params(phase: dict[str, Any], model_args: dict[str, Any], seed: int, device: str) -> dict[str, Any]:
-    """The params every phase run logs: K, tau, optimiser, lr, L, U, seed, batch size, device, ..."""
+def phase_params(
+    phase: dict[str, Any], model_args: dict[str, Any], seed: int, device: str, world_size: int = 1,
+) -> dict[str, Any]:
+    """The params every phase run logs: K, tau, optimiser, lr, L, U, seed, batch size, device, world size, ..."""
     return {
         **{key: phase[key] for key in ("k", "tau", "optimizer", "lr", "momentum", "batch_size", "max_epochs", "patience")},
         "L": model_args["hidden_layers"],
@@ -77,6 +79,7 @@ def phase_params(phase: dict[str, Any], model_args: dict[str, Any], seed: int, d
         "use_gate": model_args["use_gate"],
         "seed": seed,
         "device": device,
+        "world_size": world_size,
     }
 
 

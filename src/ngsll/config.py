@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ngsll.distributed import BACKENDS
 from ngsll.errors import ConfigError
 from ngsll.model import ModelArgs
 from ngsll.train import PhaseConfig
@@ -114,3 +115,33 @@ def reference_phase(train: dict[str, Any], k: int) -> PhaseConfig:
     """Training of the DNN and the dense ablation: ``dnn`` of a ``train`` section (k labels the gate at
     evaluation only)."""
     return _phase(section(train, "dnn"), int(section(train, "batch_size")), k=k)
+
+
+@dataclass(frozen=True)
+class DistributedSettings:
+    """The ``distributed`` section: how many processes train (1: this process; > 1: DDP under torchrun),
+    the process-group backend (``auto``: NCCL on GPUs, gloo on CPU) and the collective timeout in seconds."""
+
+    nproc_per_node: int = 1
+    backend: str = "auto"
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.nproc_per_node < 1:
+            raise ConfigError(f"distributed.nproc_per_node must be >= 1, got {self.nproc_per_node}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"distributed.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"distributed.timeout_s must be > 0, got {self.timeout_s}")
+
+
+def distributed_settings(params: dict[str, Any]) -> DistributedSettings:
+    """The ``distributed`` section (absent: one process)."""
+    values = params.get("distributed") or {}
+    unknown = set(values) - {"nproc_per_node", "backend", "timeout_s"}
+    if unknown:
+        raise ConfigError(f"unknown keys {sorted(unknown)} in distributed; accepted: nproc_per_node, backend, timeout_s")
+    return DistributedSettings(
+        nproc_per_node=int(values.get("nproc_per_node", 1)), backend=str(values.get("backend", "auto")),
+        timeout_s=float(values.get("timeout_s", 600.0)),
+    )

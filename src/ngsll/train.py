@@ -22,6 +22,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ngsll.distributed import (
+    DistributedContext, agree, all_reduce_sum, epoch_indices, per_rank_batch_size, shard,
+)
 from ngsll.errors import ConfigError, InputError
 from ngsll.model import DNNClassifier, NGSLL, NGSLLOutput
 
@@ -165,26 +168,31 @@ def predict_labels(logits: torch.Tensor, task: str) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(model: NGSLL | DNNClassifier, data: TensorData, batch_size: int = 1024) -> dict[str, float]:
-    """Mean loss and accuracy (classification) or MSE (regression) in evaluation mode."""
+def evaluate(
+    model: NGSLL | DNNClassifier, data: TensorData, batch_size: int = 1024, context: DistributedContext | None = None,
+) -> dict[str, float]:
+    """Mean loss and accuracy (classification) or MSE (regression) in evaluation mode.
+
+    Under DDP (``context`` with several ranks) each rank scores its :func:`ngsll.distributed.shard` and the
+    sums are all-reduced, so every rank returns the same metrics over the whole of ``data``.
+    """
+    context = context or DistributedContext()
     was_training = model.training
     model.eval()
     task = model.args.task
-    total_loss, correct, squared = 0.0, 0, 0.0
+    if context.is_distributed:
+        data = TensorData(*data.batch(shard(len(data), context).to(data.y.device)))
+    sums = torch.zeros(3, dtype=torch.float64, device=data.y.device)  # loss, correct (or squared error), count
     for x, z, y in data.batches(batch_size):
         logits = logits_of(model(x, z))  # (B, C)
-        total_loss += task_loss(logits, y, task).item() * len(y)
-        predictions = predict_labels(logits, task)
-        if task == "regression":
-            squared += (predictions - y.float()).pow(2).sum().item()
-        else:
-            correct += (predictions == y).sum().item()
+        predictions = predict_labels(logits, task)  # (B,)
+        hits = (predictions - y.float()).pow(2).sum() if task == "regression" else (predictions == y).sum()
+        sums += torch.stack([task_loss(logits, y, task).double() * len(y), hits.double(),
+                             torch.tensor(len(y), dtype=torch.float64, device=sums.device)])
     model.train(was_training)
-    metrics = {"loss": total_loss / len(data)}
-    if task == "regression":
-        metrics["mse"] = squared / len(data)
-    else:
-        metrics["accuracy"] = correct / len(data)
+    total_loss, total_hits, count = all_reduce_sum(sums, context).tolist()
+    metrics = {"loss": total_loss / count}
+    metrics["mse" if task == "regression" else "accuracy"] = total_hits / count
     return metrics
 
 
@@ -203,6 +211,7 @@ def train_phase(
     description: str = "train",
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    context: DistributedContext | None = None,
 ) -> PhaseResult:
     """Train until the validation loss has not improved for ``config.patience`` epochs.
 
@@ -210,48 +219,63 @@ def train_phase(
     ``config.k`` / ``config.tau``. Data must already sit on the model's device. ``on_epoch`` (e.g. an
     experiment tracker) receives each history row as soon as the epoch ends.
 
+    Every epoch visits one seeded permutation of ``train`` in batches of ``config.batch_size``. Under
+    DDP (``context`` from :func:`ngsll.distributed.init_distributed` with several ranks) the model is
+    wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, each rank takes its DistributedSampler
+    share of every batch (``batch_size / world_size`` samples), gradients are averaged, validation sums are
+    all-reduced and rank 0's early-stopping decision is broadcast, so every rank runs the same epochs and
+    ends with the same weights. Progress bars are drawn by rank 0 only; the Gumbel noise and dropout of
+    rank ``r`` are seeded with ``seed + r``.
+
     Returns:
         A :class:`PhaseResult` with one history row per epoch (``epoch, train_loss, val_loss,
-        val_accuracy`` or ``val_mse``, ``lr, seconds``).
+        val_accuracy`` or ``val_mse``, ``lr, seconds``), identical on every rank.
     """
+    context = context or DistributedContext()
     if isinstance(model, NGSLL):
         model.set_gate(config.k, config.tau)
-    seed_everything(seed)
+    seed_everything(seed + context.rank)
     device = train.y.device
+    rank_batch_size = per_rank_batch_size(config.batch_size, context)
+    trained = model
+    if context.is_distributed:
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, config)
-    shuffle = torch.Generator(device="cpu").manual_seed(seed)
     result = PhaseResult(device=device_description(device))
     best_state = copy.deepcopy(model.state_dict())
     epochs_without_improvement = epochs_since_decay = 0
+    show = progress and context.is_main
     for epoch in range(1, config.max_epochs + 1):
         started = time.perf_counter()
         model.train()
-        order = torch.randperm(len(train), generator=shuffle).to(device)  # (N,)
-        batches = range(0, len(train), config.batch_size)
-        bar = tqdm(batches, desc=f"{description} epoch {epoch}", leave=False, disable=not progress, unit="batch",
+        order = epoch_indices(len(train), epoch, seed, context).to(device)  # (ceil(N / W),)
+        batches = range(0, len(order), rank_batch_size)
+        bar = tqdm(batches, desc=f"{description} epoch {epoch}", leave=False, disable=not show, unit="batch",
                    mininterval=_PROGRESS_INTERVAL)
-        running = 0.0
+        running = torch.zeros(1, dtype=torch.float64, device=device)  # summed batch losses, synchronised once
         for step, start in enumerate(bar, 1):
-            x, z, y = train.batch(order[start : start + config.batch_size])
-            loss = task_loss(logits_of(model(x, z)), y, model.args.task)
+            x, z, y = train.batch(order[start : start + rank_batch_size])
+            loss = task_loss(logits_of(trained(x, z)), y, model.args.task)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            running += loss.item()
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{running / step:.4f}", refresh=False)  # redraw on tqdm's own clock
-        val = evaluate(model, validation)
+            running += loss.detach()
+            if show and step % 20 == 0:
+                bar.set_postfix(loss=f"{running.item() / step:.4f}", refresh=False)  # redraw on tqdm's own clock
+        train_loss = all_reduce_sum(running / len(batches), context).item() / context.world_size
+        val = evaluate(model, validation, context=context)
         lr = optimizer.param_groups[0]["lr"]
-        row = {"epoch": epoch, "train_loss": running / len(batches), "val_loss": val["loss"], "lr": lr,
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "lr": lr,
                "seconds": time.perf_counter() - started}
         row.update({f"val_{name}": value for name, value in val.items() if name != "loss"})
         result.history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if progress:
+        if show:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
             tqdm.write(f"{description} epoch {epoch}: {shown}")
-        if val["loss"] < result.best_val_loss:
+        improved = agree(val["loss"] < result.best_val_loss, context, device)
+        if improved:
             result.best_val_loss, result.best_epoch = val["loss"], epoch
             best_state = copy.deepcopy(model.state_dict())
             epochs_without_improvement = epochs_since_decay = 0
