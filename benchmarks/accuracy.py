@@ -57,6 +57,8 @@ def run_seed(repo: Path, seed: int, datasets: list[str], name: str, overrides: l
     command += [target(dataset) for dataset in datasets]
     # The stages' `python` is the interpreter running this benchmark (e.g. .venv/bin/python).
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # --temp runs in a scratch copy: point MLflow at this repository's store so the seeds stay in its UI.
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(repo / 'mlflow.db').resolve()}")
     started = time.perf_counter()
     result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
