@@ -80,8 +80,9 @@ def _experiments(node: Any) -> Iterator[dict[str, Any]]:
 
 def collect(repo: Path, names: list[str], datasets: list[str]) -> dict[str, list[dict[str, Any]]]:
     """Per dataset, the ``evaluate.json`` contents of the named experiments (in ``names`` order)."""
-    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=repo, capture_output=True,
-                           text=True, check=True)
+    # --all-commits: a seed run stays findable when the user commits while the sweep is running.
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "--all-commits"], cwd=repo,
+                           capture_output=True, text=True, check=True)
     records = {record["name"]: record["data"] for record in _experiments(json.loads(shown.stdout))}
     missing = [name for name in names if name not in records]
     if missing:
