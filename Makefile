@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# Which packaged model `make serve` / `make serve-stop` run: mnist, or a text dataset (make serve DATASET=trec).
+DATASET ?= mnist
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -34,10 +36,10 @@ test: install
 	$(BIN)/python -m pytest -q -rs
 
 serve: install
-	$(BIN)/python -m ngsll_plugins.serve start models/mnist/serve
+	$(BIN)/python -m ngsll_plugins.serve start models/$(DATASET)/serve
 
 serve-stop:
-	$(BIN)/python -m ngsll_plugins.serve stop models/mnist/serve
+	$(BIN)/python -m ngsll_plugins.serve stop models/$(DATASET)/serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache

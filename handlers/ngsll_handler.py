@@ -1,11 +1,13 @@
 """TorchServe handler for NGSLL: every answer carries its top-K weights.
 
-A thin adapter over :class:`ngsll.serving.ImageService`: it loads the plain-dict checkpoint packaged as
-the archive's serialized file (``weights_only=True``) and ``features.json`` (feature and class names),
-then per batch hands the request bodies to the service and writes back JSON with per-request status
-codes, so a bad request gets a 400 while the rest of its batch is answered normally.
-``/explanations/{model}`` and ``/v1/models/{model}:explain`` requests (header ``explain: True``) also
-get every class's weight on the selected features and the 7x7 weight map.
+A thin adapter over :mod:`ngsll.serving`: :func:`~ngsll.serving.load_service` reads the plain-dict
+checkpoint packaged as the archive's serialized file (``weights_only=True``), ``features.json`` (feature
+and class names) and, for text models, ``encoder.json`` (the vocabularies); the checkpoint's
+``model_args.input_kind`` decides between the image and the text service. Per batch the handler hands the
+request bodies to the service and writes back JSON with per-request status codes, so a bad request gets a
+400 while the rest of its batch is answered normally. ``/explanations/{model}`` and
+``/v1/models/{model}:explain`` requests (header ``explain: True``) also get every class's weight on the
+selected features and the 7x7 weight map (images) or every token's weight (text).
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from ngsll.checkpoint import model_from_checkpoint
-from ngsll.serving import ImageService
+from ngsll.serving import load_service
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,13 @@ class NGSLLHandler(BaseHandler):
         serialized = context.manifest["model"]["serializedFile"]
         gpu = properties.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
-        checkpoint = torch.load(os.path.join(model_dir, serialized), map_location="cpu", weights_only=True)
-        with open(os.path.join(model_dir, "features.json")) as handle:
-            features = json.load(handle)
-        model = model_from_checkpoint(checkpoint).to(self.device)
-        self.service = ImageService(model, features["feature_names"], features["class_names"])
+        self.service = load_service(
+            os.path.join(model_dir, serialized), os.path.join(model_dir, "features.json"),
+            os.path.join(model_dir, "encoder.json"), device=self.device,
+        )
         self.initialized = True
-        logger.info("NGSLL K=%d loaded on %s", model.args.k, self.device)
+        args = self.service.model.args
+        logger.info("NGSLL (%s, K=%d, d=%d) loaded on %s", args.input_kind, args.k, args.num_features, self.device)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         self.context = context

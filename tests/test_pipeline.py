@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,7 @@ def tiny_params(source: str, data_path: Path, sentences: Path) -> dict:
     for phase in ("coarse", "fine", "dnn"):
         text["train"][phase].update(max_epochs=1, patience=1)
     text["train"]["coarse"]["k"] = 3  # the tiny vocabulary has fewer than 10 words
+    text["serve"]["k"] = 3
     return params
 
 
@@ -161,6 +163,13 @@ def test_text_path_runs_from_the_same_repro(pipeline_repo: Path) -> None:
     assert page.count("NGSLL K=3") == 2 * 3  # 3 sentences per class, one line each per K
     checkpoint = torch.load(pipeline_repo / "models/tiny/fine/k1.pt", weights_only=True)
     assert checkpoint["model_args"]["input_kind"] == "text" and checkpoint["model_args"]["k"] == 1
+    serve = pipeline_repo / "models/tiny/serve"
+    with zipfile.ZipFile(serve / "model-store/ngsll-tiny.mar") as archive:
+        assert {"encoder.json", "features.json", "ngsll_handler.py", "k3.pt"} <= set(archive.namelist())
+    sample = json.loads((serve / "sample_text.json").read_text())["text"]
+    assert sample == str(np.load(pipeline_repo / "data/prepared/tiny/test.npz")["texts"][0])  # text.serve.sample_index
+    assert (serve / "sample_text.txt").read_text() == sample + "\n"
+    assert "load_models=ngsll-tiny.mar" in (serve / "config/config.properties").read_text()
     for gate in ("raw", "prepared"):
         assert json.loads((pipeline_repo / f"reports/tiny/validation/{gate}.json").read_text())["success"]
 

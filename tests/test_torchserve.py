@@ -3,7 +3,8 @@
 Checks the handler end to end: PNG and JSON requests, the contribution-sum invariant, server-side
 batching equal to unbatched answers, the explain endpoints, 400s that leave the worker alive, token
 authorisation in the production config, the MLflow deployment plugin's create -> predict -> explain ->
-delete cycle, and the KServe layout answering the v1 protocol.
+delete cycle, the KServe layout answering the v1 protocol, and a text model archive answering sentences
+with word weights.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ from ngsll_plugins.torchserve import (  # noqa: E402
     ServerConfig, TorchServeClient, TorchServeError, build_archive, free_ports, free_worker_port, key_file,
     kserve_config, read_properties, start, stop, wait_until_ready,
 )
+from ngsll.serving import TextService  # noqa: E402
+from ngsll.text import TextEncoder  # noqa: E402
 from test_serving import assert_same_answer, digit, png_bytes  # noqa: E402
+from test_text_serving import (  # noqa: E402
+    CLASSES as TEXT_CLASSES, CORPUS, SENTENCE, check_answer, text_model, write_text_model,
+)
 
 pytestmark = pytest.mark.slow
 CLASSES = ["0-4", "5-9"]
@@ -241,3 +247,35 @@ def test_kserve_layout_answers_the_v1_protocol_like_the_plain_endpoint(server: S
         assert status == 400 and "instances" in error["error"]
     finally:
         stop(workdir)
+
+
+def test_a_text_archive_answers_sentences_with_word_weights(server: Server, tmp_path: Path) -> None:
+    """A text model packaged with its encoder.json, registered (batched) on the running server; its answers
+    equal the in-process TextService's, raw UTF-8 and JSON alike, and a bad sentence leaves the worker alive."""
+    encoder = TextEncoder.fit(CORPUS, max_length=12)
+    model = text_model(encoder)
+    checkpoint, features, encoder_file = write_text_model(tmp_path / "text", encoder)
+    build_archive(checkpoint, features, server.store, "ngsll-text", encoder=encoder_file)
+    server.client.register("ngsll-text.mar", "ngsll-text", batch_size=4, max_batch_delay=300)
+    try:
+        url = f"{server.client.inference_url}/predictions/ngsll-text"
+        sentences = [SENTENCE, "Where was the comedy made?", "What is a funny script?", "Who liked the theatre?"]
+        expected = [answer for _, answer in TextService(model, encoder, TEXT_CLASSES).respond(sentences)]
+        bodies = [(sentences[0].encode(), "text/plain; charset=utf-8"), (sentences[1].encode(), "application/octet-stream"),
+                  (json.dumps({"text": sentences[2]}).encode(), "application/json"),
+                  (json.dumps({"text": sentences[3]}).encode(), "application/json")]
+        with ThreadPoolExecutor(max_workers=len(bodies)) as pool:  # one server-side batch of mixed bodies
+            answers = list(pool.map(lambda item: post(url, *item), bodies))
+        for text, (status, answer), reference in zip(sentences, answers, expected):
+            assert status == 200
+            check_answer(answer, text)
+            assert_same_answer(answer, reference)
+        status, explained = post(f"{server.client.inference_url}/explanations/ngsll-text", SENTENCE.encode(), "text/plain")
+        assert status == 200 and [entry["token"] for entry in explained["token_weights"]][:3] == ["who", "made", "the"]
+        for body in (b"caf\xe9", b'{"text": "   "}'):
+            status, payload = post(url, body, "application/octet-stream")
+            assert status == 400 and "UTF-8 sentence" in payload["accepted"]
+        assert post(url, SENTENCE.encode(), "text/plain")[0] == 200
+    finally:
+        server.client.unregister("ngsll-text")
+

@@ -1,7 +1,7 @@
 """``python -m ngsll_plugins.serve start|stop SERVE_DIR``: run the packaged endpoint (``make serve``).
 
-SERVE_DIR is the `package` stage's output (``config/config.properties`` and ``model-store/``); the
-server's logs and its token file ``key_file.json`` go to ``SERVE_DIR/run``.
+SERVE_DIR is a `package` / `package_text` stage's output (``config/config.properties``, ``model-store/``
+and a sample request); the server's logs and its token file ``key_file.json`` go to ``SERVE_DIR/run``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> None:
         return
     config_path = args.serve_dir / "config" / "config.properties"
     if not config_path.exists():
-        raise SystemExit(f"{config_path} is missing: run `dvc repro package` (or `make run`) first")
+        raise SystemExit(f"{config_path} is missing: run `dvc repro package package_text` (or `make run`) first")
     properties = read_properties(config_path)
     model = next(iter(__import__("json").loads(properties["models"])))
     start(run_dir, args.serve_dir / "model-store", config_path)
@@ -34,16 +34,20 @@ def main() -> None:
     )
     wait_until_ready(client, model)
     url = properties["inference_address"]
+    text = (args.serve_dir / "sample_text.txt").exists()
+    sample = (f'-H "Content-Type: text/plain" --data-binary @{args.serve_dir / "sample_text.txt"}' if text
+              else f"-T {args.serve_dir / 'sample_digit.png'}")
+    extra = "every token's weight" if text else "the 7x7 weight map"
     print(f"""NGSLL is serving {model} at {url} (loopback only, token authorisation on).
-Each answer holds the label, probabilities, logit and the top-K weights that produced it.
+Each answer holds the label, probabilities, logit(s) and the top-K weights that produced it.
 The inference token is the "inference" key of {keys} (written by TorchServe at start-up):
 
   TOKEN=$(python3 -c 'import json; print(json.load(open("{keys}"))["inference"]["key"])')
-  curl -s -H "Authorization: Bearer $TOKEN" -T {args.serve_dir / 'sample_digit.png'} {url}/predictions/{model}
+  curl -s -H "Authorization: Bearer $TOKEN" {sample} {url}/predictions/{model}
 
-Explanations (plus per-class weights and the 7x7 weight map): {url}/explanations/{model}
+Explanations (plus per-class weights and {extra}): {url}/explanations/{model}
 Prometheus metrics: {properties['metrics_address']}/metrics    Logs: {run_dir / 'logs'}
-Stop it with: make serve-stop""")
+Stop it with: python -m ngsll_plugins.serve stop {args.serve_dir}   (make serve-stop)""")
 
 
 if __name__ == "__main__":

@@ -43,10 +43,12 @@ def build_archive(
     model_name: str,
     version: str = "1.0",
     handler: Path = HANDLER,
+    encoder: Path | None = None,
 ) -> Path:
     """``torch-model-archiver`` a plain-dict checkpoint (no TorchScript) into ``export_dir/<name>.mar``.
 
-    The archive holds the handler, ``features.json`` (feature and class names) and a copy of the
+    The archive holds the handler, ``features.json`` (feature and class names), for text models the
+    prepared data's ``encoder.json`` (vocabularies; required by the handler for them) and a copy of the
     ``ngsll`` package, so a TorchServe with torch installed can serve it.
     """
     export_dir.mkdir(parents=True, exist_ok=True)
@@ -54,6 +56,8 @@ def build_archive(
         code = Path(staging) / "code"
         shutil.copytree(Path(ngsll.__file__).parent, code / "ngsll", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(features, code / "features.json")
+        if encoder is not None:
+            shutil.copy(encoder, code / "encoder.json")
         command = [
             _executable("torch-model-archiver"), "--model-name", model_name, "--version", version,
             "--serialized-file", str(checkpoint), "--handler", str(handler), "--extra-files", str(code),

@@ -1,16 +1,25 @@
 """Framework-free serving logic: decode requests, run one batched forward pass, encode answers.
 
-A server adapter (the TorchServe handler in ``handlers/``, or any other) only moves bytes: it hands each
-request body to :meth:`ImageService.decode`, passes the decoded samples of a whole batch to
-:meth:`ImageService.answer` in one call, and writes back what comes out. Bad requests raise
-:class:`RequestError`, whose ``payload()`` is the 400 body ``{"error": ..., "accepted": ...}``.
+A server adapter (the TorchServe handler in ``handlers/``, the MLflow pyfunc, or any other) only moves
+bytes: it hands the request bodies of a whole batch to :meth:`Service.respond` and writes back what comes
+out, one ``(status, payload)`` per request. Bad requests raise :class:`RequestError` inside, whose
+``payload()`` is the 400 body ``{"error": ..., "accepted": ...}``; they never affect the rest of the batch.
+:func:`load_service` picks the service a checkpoint needs (the model archive says which through its
+``model_args.input_kind``).
 
-Accepted request bodies for image models:
+Accepted request bodies for image models (:class:`ImageService`):
     * raw PNG/JPEG bytes of any size: converted to 8-bit grayscale, resized to 28x28 and, when the
       background is light (mean above mid-grey), inverted so ink is bright as in MNIST;
     * JSON ``{"image": 28x28 nested list}`` with values in 0-1 or 0-255;
     * the KServe v1 envelope ``{"instances": [...]}`` whose items are either of the two above
       (a PNG/JPEG as ``{"b64": "..."}``) or a bare 28x28 list; it is answered as ``{"predictions": [...]}``.
+
+Accepted request bodies for text models (:class:`TextService`):
+    * a raw UTF-8 body: the sentence itself (a body starting with ``{`` or ``[`` is read as JSON);
+    * JSON ``{"text": "..."}``;
+    * the KServe v1 envelope ``{"instances": [...]}`` of ``{"text": ...}`` objects or bare strings.
+    A sentence without any non-space character is a bad request; a sentence whose words are all
+    stopwords or unknown is answered from zero evidence with an empty weight list.
 """
 
 from __future__ import annotations
@@ -19,45 +28,332 @@ import base64
 import binascii
 import io
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ngsll.errors import NGSLLError
-from ngsll.explain import answers_from_output
+from ngsll.checkpoint import model_from_checkpoint
+from ngsll.errors import ConfigError, NGSLLError
+from ngsll.explain import answered_class_weights, answers_from_output
 from ngsll.model import NGSLL
 from ngsll.simplify import image_inputs
+from ngsll.text import TextEncoder, tokenize
 
 ACCEPTED_IMAGE = (
     "PNG or JPEG bytes; JSON {\"image\": 28x28 nested list of numbers in 0-1 or 0-255}; or the KServe v1 "
     "envelope {\"instances\": [...]} of such images (PNG/JPEG as {\"b64\": ...})"
 )
+ACCEPTED_TEXT = (
+    "a UTF-8 sentence as the raw body; JSON {\"text\": \"...\"}; or the KServe v1 envelope "
+    "{\"instances\": [...]} of {\"text\": ...} objects or strings"
+)
 DEFAULT_MAX_BYTES = 1 << 20
 DEFAULT_MAX_INSTANCES = 256
 
 
-EXPLANATION_FIELDS = ("class_weights", "weight_map")
+EXPLANATION_FIELDS = ("class_weights", "weight_map", "token_weights")
 
 
 class RequestError(NGSLLError, ValueError):
-    """A request the service cannot answer; maps to HTTP 400 with :meth:`payload` as the body."""
+    """A request the service cannot answer; maps to HTTP 400 with :meth:`payload` as the body.
 
-    def __init__(self, error: str, accepted: str = ACCEPTED_IMAGE) -> None:
+    ``accepted`` (what the service takes) is filled in by the service that raised it when not given.
+    """
+
+    def __init__(self, error: str, accepted: str | None = None) -> None:
         super().__init__(error)
         self.error, self.accepted = error, accepted
 
     def payload(self) -> dict[str, str]:
-        return {"error": self.error, "accepted": self.accepted}
+        return {"error": self.error, "accepted": self.accepted or ""}
 
 
 @dataclass
 class DecodedRequest:
-    """The images of one request, (n, 28, 28) float32 in [0, 1], and whether it came as a KServe envelope."""
+    """The samples of one request and whether it came as a KServe envelope.
 
-    images: np.ndarray
+    inputs: (n, 28, 28) float32 images in [0, 1] (image models) or n sentences (text models).
+    """
+
+    inputs: np.ndarray | list[str]
     envelope: bool
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+class Service(ABC):
+    """What every NGSLL service shares: body checks, JSON and the KServe envelope, batched answers.
+
+    A subclass says how a raw (non-JSON) body and one JSON instance become a sample (``_raw``,
+    ``_instance``), how samples of several requests join (``_join``) and how a batch of samples is
+    answered (:meth:`answer`).
+
+    Args:
+        model: a trained :class:`NGSLL` (put in evaluation mode here).
+        feature_names: d names of the simplified features (``r3c4`` cells, words).
+        class_names: class names (``["0-4", "5-9"]``).
+        max_bytes: largest request body accepted (default 1 MiB).
+    """
+
+    accepted = ""
+
+    def __init__(
+        self, model: NGSLL, feature_names: list[str], class_names: list[str], max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
+        if not isinstance(model, NGSLL):
+            raise TypeError(f"{type(self).__name__} serves NGSLL models, got {type(model).__name__}")
+        if len(feature_names) != model.args.num_features:
+            raise ConfigError(f"the model has {model.args.num_features} features but {len(feature_names)} names")
+        self.model = model.eval()
+        self.feature_names, self.class_names = list(feature_names), list(class_names)
+        self.max_bytes = max_bytes
+        self.device = next(model.parameters()).device
+
+    def decode(self, body: bytes | bytearray | str | dict | list | None) -> DecodedRequest:
+        """Turn one request body (bytes, text or already-parsed JSON) into samples; raise :class:`RequestError`."""
+        try:
+            return self._decode(body)
+        except RequestError as error:
+            error.accepted = error.accepted or self.accepted
+            raise
+
+    def _decode(self, body: Any) -> DecodedRequest:
+        if body is None or (isinstance(body, (bytes, bytearray, str)) and len(body) == 0):
+            raise RequestError("the request body is empty")
+        if isinstance(body, (bytes, bytearray, str)) and len(body) > self.max_bytes:
+            raise RequestError(f"the request body has {len(body)} bytes; the limit is {self.max_bytes}")
+        if isinstance(body, (bytes, bytearray, str)):
+            raw = body.encode() if isinstance(body, str) else bytes(body)
+            if raw.lstrip()[:1] not in (b"{", b"["):
+                return DecodedRequest(self._join([self._raw(raw)]), envelope=False)
+            body = _parse_json(raw)
+        if isinstance(body, dict) and "instances" in body:
+            instances = body["instances"]
+            if not isinstance(instances, list) or not instances:
+                raise RequestError("\"instances\" must be a non-empty list")
+            if len(instances) > DEFAULT_MAX_INSTANCES:
+                raise RequestError(f"at most {DEFAULT_MAX_INSTANCES} instances per request, got {len(instances)}")
+            return DecodedRequest(self._join([self._instance(item) for item in instances]), envelope=True)
+        return DecodedRequest(self._join([self._instance(body)]), envelope=False)
+
+    @abstractmethod
+    def _raw(self, body: bytes) -> Any:
+        """One sample from a body that is not JSON."""
+
+    @abstractmethod
+    def _instance(self, item: Any) -> Any:
+        """One sample from a parsed JSON request or envelope item."""
+
+    @abstractmethod
+    def _join(self, samples: list[Any]) -> np.ndarray | list[str]:
+        """Samples (single ones or whole requests' inputs) as one batch."""
+
+    @abstractmethod
+    def answer(self, inputs: Any, explain: bool = False) -> list[dict[str, Any]]:
+        """One answer per sample of a batch, from one forward pass."""
+
+    def respond(self, bodies: list[Any], explain: list[bool] | None = None) -> list[tuple[int, Any]]:
+        """Answer a batch of requests: one forward pass for all good ones; ``(status, payload)`` each.
+
+        ``explain[i]`` asks for the explanation fields on request i (default: none). A bad request gets
+        ``(400, {"error", "accepted"})`` and never affects the others.
+        """
+        explain = explain or [False] * len(bodies)
+        decoded: list[DecodedRequest | RequestError] = []
+        for body in bodies:
+            try:
+                decoded.append(self.decode(body))
+            except RequestError as error:
+                decoded.append(error)
+        good = [d for d in decoded if isinstance(d, DecodedRequest)]
+        answers = iter(self.answer(self._join([d.inputs for d in good]), explain=any(explain)) if good else [])
+        responses: list[tuple[int, Any]] = []
+        for item, wants_explanation in zip(decoded, explain):
+            if isinstance(item, RequestError):
+                responses.append((400, item.payload()))
+                continue
+            mine = [next(answers) for _ in range(len(item))]
+            if not wants_explanation:
+                mine = [{k: v for k, v in a.items() if k not in EXPLANATION_FIELDS} for a in mine]
+            if item.envelope:  # KServe v1: {"predictions": [...]}, or {"explanations": [...]} on :explain
+                responses.append((200, {"explanations" if wants_explanation else "predictions": mine}))
+            else:
+                responses.append((200, mine[0]))
+        return responses
+
+    def _forward(self, x: np.ndarray, z: np.ndarray, explain: bool) -> tuple[list[dict[str, Any]], torch.Tensor]:
+        """Answers for one batch and, (n, d) on the CPU, the answered class's gated weights (for ``explain``)."""
+        x_t = torch.from_numpy(x).to(self.device)  # (n, ...) images or token ids
+        z_t = torch.from_numpy(z).to(self.device)  # (n, d)
+        with torch.inference_mode():
+            output = self.model(x_t, z_t)
+        args = self.model.args
+        answers = answers_from_output(output, z_t, args.k, args.task, self.feature_names, self.class_names)
+        if explain:
+            weights = output.weights.cpu().numpy()  # (n, d, C)
+            multi = weights.shape[2] > 1
+            names = self.class_names if multi else [f"logit({self.class_names[-1]})"]
+            for answer, sample_weights in zip(answers, weights):
+                answer["class_weights"] = {
+                    entry["feature"]: dict(zip(names, sample_weights[entry["index"]].tolist()))
+                    for entry in answer["weights"]
+                }
+        class_weights = answered_class_weights(output, args.task)[1].cpu() if explain else torch.empty(0)  # (n, d)
+        return answers, class_weights
+
+
+class ImageService(Service):
+    """Serve an image NGSLL model: every answer carries its top-K weights over the 7x7 cells.
+
+    Takes the arguments of :class:`Service`; ``feature_names`` are the cell names (``r3c4``).
+    """
+
+    accepted = ACCEPTED_IMAGE
+
+    def __init__(
+        self, model: NGSLL, feature_names: list[str], class_names: list[str], max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
+        super().__init__(model, feature_names, class_names, max_bytes)
+        if model.args.input_kind != "image":
+            raise ConfigError(f"ImageService serves image models; this one reads {model.args.input_kind}")
+        self.side = model.args.image_size
+        self.cells = int(round(len(self.feature_names) ** 0.5))
+
+    def _raw(self, body: bytes) -> np.ndarray:
+        return _image_from_bytes(body, self.side)
+
+    def _instance(self, item: Any) -> np.ndarray:
+        if isinstance(item, dict) and "image" in item:
+            return _image_from_list(item["image"], self.side)
+        if isinstance(item, dict) and "b64" in item:
+            try:
+                raw = base64.b64decode(item["b64"], validate=True)
+            except (binascii.Error, TypeError, ValueError) as error:
+                raise RequestError(f"\"b64\" is not valid base64 ({error})") from error
+            return _image_from_bytes(raw, self.side)
+        if isinstance(item, list):
+            return _image_from_list(item, self.side)
+        raise RequestError("a JSON request must be {\"image\": [[...]]}, {\"b64\": ...} or {\"instances\": [...]}")
+
+    def _join(self, samples: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1, self.side, self.side) for s in samples])
+
+    def answer(self, inputs: np.ndarray, explain: bool = False) -> list[dict[str, Any]]:
+        """Answers for (n, 28, 28) images from one batched forward pass (see :func:`answers_from_output`).
+
+        With ``explain`` each answer also has ``class_weights`` (every class's weight on each selected
+        feature) and ``weight_map`` (the cells x cells map of the answered class's sparse weights).
+        """
+        x, z = image_inputs(inputs, self.cells)  # (n, 1, 28, 28), (n, d)
+        answers, class_weights = self._forward(x, z, explain)
+        if explain:
+            maps = class_weights.reshape(-1, self.cells, self.cells).tolist()  # (n, cells, cells)
+            for answer, weight_map in zip(answers, maps):
+                answer["weight_map"] = weight_map
+        return answers
+
+
+class TextService(Service):
+    """Serve a text NGSLL model: every answer carries its top-K weights, named by the words themselves.
+
+    Args:
+        model: a trained text :class:`NGSLL` (``input_kind="text"``).
+        encoder: the training split's :class:`TextEncoder` (``encoder.json`` of the prepared data); its
+            vocabulary words are the feature names.
+        class_names: class names.
+        max_bytes: largest request body accepted (default 1 MiB).
+    """
+
+    accepted = ACCEPTED_TEXT
+
+    def __init__(
+        self, model: NGSLL, encoder: TextEncoder, class_names: list[str], max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
+        super().__init__(model, encoder.vocabulary.words, class_names, max_bytes)
+        if model.args.input_kind != "text":
+            raise ConfigError(f"TextService serves text models; this one reads {model.args.input_kind}")
+        if len(encoder.sequences) > model.args.vocab_size:
+            raise ConfigError(f"the encoder has {len(encoder.sequences)} token ids; the model embeds {model.args.vocab_size}")
+        self.encoder = encoder
+
+    def _raw(self, body: bytes) -> str:
+        try:
+            return _sentence(body.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise RequestError(f"the body is not UTF-8 text ({error})") from error
+
+    def _instance(self, item: Any) -> str:
+        if isinstance(item, dict) and "text" in item:
+            return _sentence(item["text"])
+        if isinstance(item, str):
+            return _sentence(item)
+        raise RequestError("a JSON request must be {\"text\": \"...\"} or {\"instances\": [...]}")
+
+    def _join(self, samples: list[Any]) -> list[str]:
+        return [text for sample in samples for text in ([sample] if isinstance(sample, str) else sample)]
+
+    def answer(self, inputs: list[str], explain: bool = False) -> list[dict[str, Any]]:
+        """Answers for n sentences from one batched forward pass (see :func:`answers_from_output`).
+
+        With ``explain`` each answer also has ``class_weights`` (every class's weight on each selected
+        word) and ``token_weights``: the sentence's tokens in order as ``{token, weight}``, ``weight`` the
+        answered class's gated weight (0 where the gate did not choose the word) or None for a token that
+        is not a feature (a stopword, a rare or unknown word).
+        """
+        x, z = self.encoder.encode(inputs)  # (n, T) token ids, (n, d) bag of words
+        answers, class_weights = self._forward(x, z, explain)
+        if explain:
+            index = self.encoder.vocabulary.index
+            for answer, text, weights in zip(answers, inputs, class_weights.tolist()):
+                answer["token_weights"] = [
+                    {"token": token, "weight": weights[index[token]] if token in index else None}
+                    for token in tokenize(text)
+                ]
+        return answers
+
+
+def load_service(
+    checkpoint_path: str | Path, features_path: str | Path, encoder_path: str | Path | None = None,
+    device: torch.device | str = "cpu", max_bytes: int = DEFAULT_MAX_BYTES,
+) -> ImageService | TextService:
+    """The service of a fine checkpoint: :class:`ImageService` or, for ``input_kind="text"``, :class:`TextService`.
+
+    ``features_path`` is the prepared data's ``features.json`` (``feature_names``, ``class_names``);
+    text models also need ``encoder_path``, its ``encoder.json``. The checkpoint is loaded with
+    ``weights_only=True``.
+    """
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    features = json.loads(Path(features_path).read_text())
+    model = model_from_checkpoint(checkpoint).to(device)
+    if not isinstance(model, NGSLL):
+        raise ConfigError(f"{checkpoint_path} holds a {model.args.kind} model; only NGSLL models are served")
+    if model.args.input_kind == "image":
+        return ImageService(model, features["feature_names"], features["class_names"], max_bytes)
+    if encoder_path is None or not Path(encoder_path).exists():
+        raise ConfigError(f"{checkpoint_path} is a text model: it needs the prepared data's encoder.json "
+                          f"(got {encoder_path})")
+    encoder = TextEncoder.from_dict(json.loads(Path(encoder_path).read_text()))
+    return TextService(model, encoder, features["class_names"], max_bytes)
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RequestError(f"the body is not valid JSON ({error.__class__.__name__}: {error})") from error
+
+
+def _sentence(text: Any) -> str:
+    if not isinstance(text, str):
+        raise RequestError(f"\"text\" must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise RequestError("the text is empty")
+    return text
 
 
 def _image_from_bytes(body: bytes, side: int) -> np.ndarray:
@@ -92,124 +388,3 @@ def _image_from_list(values: Any, side: int) -> np.ndarray:
     if pixels.max() > 1.0:
         pixels = pixels / 255.0
     return pixels.astype(np.float32)
-
-
-class ImageService:
-    """Serve an image NGSLL model: every answer carries its top-K weights.
-
-    Args:
-        model: a trained :class:`NGSLL` (put in evaluation mode here).
-        feature_names: d names, e.g. ``r3c4``.
-        class_names: class names (``["0-4", "5-9"]``).
-        max_bytes: largest request body accepted (default 1 MiB).
-    """
-
-    def __init__(
-        self, model: NGSLL, feature_names: list[str], class_names: list[str], max_bytes: int = DEFAULT_MAX_BYTES
-    ) -> None:
-        if not isinstance(model, NGSLL):
-            raise TypeError(f"ImageService serves NGSLL models, got {type(model).__name__}")
-        self.model = model.eval()
-        self.feature_names, self.class_names = list(feature_names), list(class_names)
-        self.side = model.args.image_size
-        self.cells = int(round(len(self.feature_names) ** 0.5))
-        self.max_bytes = max_bytes
-        self.device = next(model.parameters()).device
-
-    def decode(self, body: bytes | bytearray | str | dict | list | None) -> DecodedRequest:
-        """Turn one request body (bytes, text or already-parsed JSON) into images; raise :class:`RequestError`."""
-        if body is None or (isinstance(body, (bytes, bytearray, str)) and len(body) == 0):
-            raise RequestError("the request body is empty")
-        if isinstance(body, (bytes, bytearray, str)) and len(body) > self.max_bytes:
-            raise RequestError(f"the request body has {len(body)} bytes; the limit is {self.max_bytes}")
-        if isinstance(body, (bytes, bytearray)):
-            stripped = bytes(body).lstrip()
-            if stripped[:1] in (b"{", b"["):
-                body = self._parse_json(stripped)
-            else:
-                return DecodedRequest(_image_from_bytes(bytes(body), self.side)[None], envelope=False)
-        elif isinstance(body, str):
-            body = self._parse_json(body.encode())
-        if isinstance(body, dict) and "instances" in body:
-            instances = body["instances"]
-            if not isinstance(instances, list) or not instances:
-                raise RequestError("\"instances\" must be a non-empty list")
-            if len(instances) > DEFAULT_MAX_INSTANCES:
-                raise RequestError(f"at most {DEFAULT_MAX_INSTANCES} instances per request, got {len(instances)}")
-            return DecodedRequest(np.stack([self._instance(item) for item in instances]), envelope=True)
-        return DecodedRequest(self._instance(body)[None], envelope=False)
-
-    def _parse_json(self, raw: bytes) -> Any:
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise RequestError(f"the body is not valid JSON ({error.__class__.__name__}: {error})") from error
-
-    def _instance(self, item: Any) -> np.ndarray:
-        if isinstance(item, dict) and "image" in item:
-            return _image_from_list(item["image"], self.side)
-        if isinstance(item, dict) and "b64" in item:
-            try:
-                raw = base64.b64decode(item["b64"], validate=True)
-            except (binascii.Error, TypeError, ValueError) as error:
-                raise RequestError(f"\"b64\" is not valid base64 ({error})") from error
-            return _image_from_bytes(raw, self.side)
-        if isinstance(item, list):
-            return _image_from_list(item, self.side)
-        raise RequestError("a JSON request must be {\"image\": [[...]]}, {\"b64\": ...} or {\"instances\": [...]}")
-
-    def answer(self, images: np.ndarray, explain: bool = False) -> list[dict[str, Any]]:
-        """Answers for (n, 28, 28) images from one batched forward pass (see :func:`predict_explain`).
-
-        With ``explain`` each answer also has ``class_weights`` (every class's weight on each selected
-        feature) and ``weight_map`` (the cells x cells map of the answered class's sparse weights).
-        """
-        x, z = image_inputs(images, self.cells)
-        x_t = torch.from_numpy(x).to(self.device)  # (n, 1, 28, 28)
-        z_t = torch.from_numpy(z).to(self.device)  # (n, d)
-        with torch.inference_mode():
-            output = self.model(x_t, z_t)
-        args = self.model.args
-        answers = answers_from_output(output, z_t, args.k, args.task, self.feature_names, self.class_names)
-        if not explain:
-            return answers
-        weights = output.weights.cpu().numpy()  # (n, d, C)
-        for answer, sample_weights in zip(answers, weights):
-            column = answer["class_index"] if sample_weights.shape[1] > 1 else 0
-            names = self.class_names if sample_weights.shape[1] > 1 else [f"logit({self.class_names[-1]})"]
-            answer["class_weights"] = {
-                entry["feature"]: dict(zip(names, sample_weights[entry["index"]].tolist()))
-                for entry in answer["weights"]
-            }
-            answer["weight_map"] = sample_weights[:, column].reshape(self.cells, self.cells).tolist()
-        return answers
-
-    def respond(self, bodies: list[Any], explain: list[bool] | None = None) -> list[tuple[int, Any]]:
-        """Answer a batch of requests: one forward pass for all good ones; ``(status, payload)`` each.
-
-        ``explain[i]`` asks for the explanation fields on request i (default: none). A bad request gets
-        ``(400, {"error", "accepted"})`` and never affects the others.
-        """
-        explain = explain or [False] * len(bodies)
-        decoded: list[DecodedRequest | RequestError] = []
-        for body in bodies:
-            try:
-                decoded.append(self.decode(body))
-            except RequestError as error:
-                decoded.append(error)
-        good = [d for d in decoded if isinstance(d, DecodedRequest)]
-        images = np.concatenate([d.images for d in good]) if good else None
-        answers = iter(self.answer(images, explain=any(explain)) if good else [])
-        responses: list[tuple[int, Any]] = []
-        for item, wants_explanation in zip(decoded, explain):
-            if isinstance(item, RequestError):
-                responses.append((400, item.payload()))
-                continue
-            mine = [next(answers) for _ in range(len(item.images))]
-            if not wants_explanation:
-                mine = [{k: v for k, v in a.items() if k not in EXPLANATION_FIELDS} for a in mine]
-            if item.envelope:  # KServe v1: {"predictions": [...]}, or {"explanations": [...]} on :explain
-                responses.append((200, {"explanations" if wants_explanation else "predictions": mine}))
-            else:
-                responses.append((200, mine[0]))
-        return responses
