@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -171,3 +172,27 @@ def test_a_service_refuses_a_model_of_the_other_kind(encoder: TextEncoder) -> No
     with pytest.raises(ConfigError, match="features but"):
         TextService(text_model(encoder), TextEncoder.fit(CORPUS + ["Extra extra words words"]), CLASSES)
 
+
+def test_text_pyfunc_model_answers_sentences_like_the_service(tmp_path: Path, encoder: TextEncoder) -> None:
+    import mlflow
+
+    from ngsll_plugins.tracking import log_pyfunc_model
+
+    checkpoint, features, encoder_file = write_text_model(tmp_path / "text", encoder)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("text-pyfunc")
+    with mlflow.start_run():
+        log_pyfunc_model(checkpoint, features, "ngsll-text", CORPUS[:2], encoder_path=encoder_file)
+    loaded = mlflow.pyfunc.load_model("models:/ngsll-text/1")
+    sentences = [SENTENCE, "Where is the comedy theatre?"]
+    expected = TextService(text_model(encoder), encoder, CLASSES).answer(sentences)
+    # Through MLflow the signature asks for a DataFrame with a text column; the model itself also takes a list.
+    for frame in (loaded.predict(pd.DataFrame({"text": sentences})), loaded.unwrap_python_model().predict(None, sentences)):
+        assert frame["label"].tolist() == [answer["label"] for answer in expected]
+        for row, answer in zip(frame.to_dict(orient="records"), expected):
+            weights = json.loads(row["weights"])
+            assert [entry["feature"] for entry in weights] == [entry["feature"] for entry in answer["weights"]]
+            assert sum(entry["contribution"] for entry in weights) == pytest.approx(row["logit"], abs=1e-4)
+            assert row["logit"] == pytest.approx(answer["logits"][answer["label"]], abs=1e-5)
+    with pytest.raises(RequestError, match="non-empty sentences"):
+        loaded.unwrap_python_model().predict(None, ["fine", ""])

@@ -279,3 +279,33 @@ def test_a_text_archive_answers_sentences_with_word_weights(server: Server, tmp_
     finally:
         server.client.unregister("ngsll-text")
 
+
+def test_mlflow_deployment_plugin_serves_a_registered_text_model(server: Server, tmp_path: Path, monkeypatch) -> None:
+    import mlflow
+    from mlflow.deployments import get_deploy_client
+
+    from ngsll_plugins.tracking import log_pyfunc_model
+
+    encoder = TextEncoder.fit(CORPUS, max_length=12)
+    checkpoint, features, encoder_file = write_text_model(tmp_path / "text", encoder)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("deploy-text")
+    with mlflow.start_run():
+        log_pyfunc_model(checkpoint, features, "ngsll-text-deploy", CORPUS[:2], encoder_path=encoder_file)
+    monkeypatch.setenv("NGSLL_TS_INFERENCE_URL", server.client.inference_url)
+    monkeypatch.setenv("NGSLL_TS_MANAGEMENT_URL", server.client.management_url)
+    monkeypatch.setenv("NGSLL_TS_MODEL_STORE", str(server.store))
+
+    client = get_deploy_client("torchserve")
+    client.create_deployment("ngsll-text-deploy", "models:/ngsll-text-deploy/1")
+    try:
+        sentences = [SENTENCE, "Where is the comedy theatre?"]
+        predictions = client.predict("ngsll-text-deploy", sentences).get_predictions()
+        expected = TextService(text_model(encoder), encoder, TEXT_CLASSES).answer(sentences)
+        for text, answer, reference in zip(sentences, predictions.to_dict(orient="records"), expected):
+            check_answer(answer, text)
+            assert_same_answer(answer, reference)
+        explained = client.explain("ngsll-text-deploy", SENTENCE)["explanations"][0]
+        assert [entry["token"] for entry in explained["token_weights"]][-1] == "film"
+    finally:
+        client.delete_deployment("ngsll-text-deploy")

@@ -4,9 +4,9 @@ Registered under the entry-point group ``mlflow.deployments``::
 
     mlflow deployments create -t torchserve --name ngsll-mnist -m models:/ngsll-mnist/1
 
-builds a model archive from the registered model's checkpoint and feature names and registers it with
-a running TorchServe through its management API (which must be enabled on that server:
-``enable_model_api=true``). ``predict``, ``explain``, ``get``, ``list``, ``update`` and ``delete`` go
+builds a model archive from the registered model's checkpoint, feature names (and, for text models, its
+vocabularies) and registers it with a running TorchServe through its management API (which must be
+enabled on that server: ``enable_model_api=true``). ``predict``, ``explain``, ``get``, ``list``, ``update`` and ``delete`` go
 through the same server.
 
 Where the server is comes from the environment (or ``-C key=value`` deployment config):
@@ -41,8 +41,8 @@ def target_help() -> str:
     return __doc__ or ""
 
 
-def _checkpoint_and_features(model_uri: str, destination: Path) -> tuple[Path, Path]:
-    """Download an NGSLL pyfunc model and return its checkpoint and features.json artifacts."""
+def _model_files(model_uri: str, destination: Path) -> tuple[Path, Path, Path | None]:
+    """Download an NGSLL pyfunc model: its checkpoint, features.json and (text models) encoder.json."""
     import mlflow.artifacts
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination)))
@@ -50,15 +50,23 @@ def _checkpoint_and_features(model_uri: str, destination: Path) -> tuple[Path, P
     artifacts = flavor.get("artifacts") or {}
     if not {"checkpoint", "features"} <= set(artifacts):
         raise MlflowException(f"{model_uri} is not an NGSLL pyfunc model (it lacks checkpoint/features artifacts)")
-    return local / artifacts["checkpoint"]["path"], local / artifacts["features"]["path"]
+    encoder = local / artifacts["encoder"]["path"] if "encoder" in artifacts else None
+    return local / artifacts["checkpoint"]["path"], local / artifacts["features"]["path"], encoder
 
 
 def _as_instances(inputs: Any) -> bytes:
-    """Images (N, 28, 28) as an array, DataFrame or nested list -> a KServe v1 JSON body."""
+    """Images (N, 28, 28) or sentences as an array, DataFrame, list or string -> a KServe v1 JSON body."""
     if isinstance(inputs, (bytes, bytearray)):
         return bytes(inputs)
     if isinstance(inputs, dict):
         return json.dumps(inputs).encode()
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    values = inputs.values if hasattr(inputs, "values") else inputs
+    if isinstance(values, list) and values and all(isinstance(text, str) for text in values):
+        return json.dumps({"instances": [{"text": text} for text in values]}).encode()
+    if isinstance(values, np.ndarray) and values.dtype == object and values.size and isinstance(values.flat[0], str):
+        return json.dumps({"instances": [{"text": str(text)} for text in values.ravel()]}).encode()
     pixels = np.asarray(inputs.values if hasattr(inputs, "values") else inputs, dtype=np.float64)
     if pixels.ndim == 2 and pixels.shape[1] == 28 * 28:
         pixels = pixels.reshape(-1, 28, 28)
@@ -97,8 +105,9 @@ class TorchServeDeploymentClient(BaseDeploymentClient):
         if unknown:
             raise MlflowException(f"unknown deployment config {sorted(unknown)}; accepted: {DEPLOYMENT_CONFIG}")
         with tempfile.TemporaryDirectory() as download:
-            checkpoint, features = _checkpoint_and_features(model_uri, Path(download))
-            mar = build_archive(checkpoint, features, self._model_store(config), name, str(config.get("version", "1.0")))
+            checkpoint, features, encoder = _model_files(model_uri, Path(download))
+            mar = build_archive(checkpoint, features, self._model_store(config), name, str(config.get("version", "1.0")),
+                                encoder=encoder)
         self._call("register", mar.name, name, int(config.get("batch_size", 1)),
                    int(config.get("max_batch_delay", 0)), int(config.get("workers", 1)))
         return {"name": name, "flavor": flavor or "python_function", "model_uri": model_uri}
@@ -133,8 +142,8 @@ def run_local(name: str, model_uri: str, flavor: str | None = None, config: dict
     config = dict(config or {})
     workdir = Path(config.get("workdir") or tempfile.mkdtemp(prefix="ngsll-torchserve-"))
     with tempfile.TemporaryDirectory() as download:
-        checkpoint, features = _checkpoint_and_features(model_uri, Path(download))
-        build_archive(checkpoint, features, workdir / "model-store", name)
+        checkpoint, features, encoder = _model_files(model_uri, Path(download))
+        build_archive(checkpoint, features, workdir / "model-store", name, encoder=encoder)
     server = ServerConfig(token_auth=False, models={name: {
         "mar": f"{name}.mar", "batch_size": int(config.get("batch_size", 1)),
         "max_batch_delay": int(config.get("max_batch_delay", 0)),

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
 from mlflow.tracking import MlflowClient
 
 from ngsll.importance import accumulate_normlime, keep_and_retrain
 from ngsll.plots import faithfulness_figure, weight_overlay_figure
+from ngsll.serving import ImageService
 from ngsll.simplify import image_inputs
 from ngsll.train import TensorData, evaluate
 
@@ -37,6 +39,9 @@ class NGSLLEvaluator(ModelEvaluator):
         import matplotlib.pyplot as plt
 
         service = model.unwrap_python_model().service  # ngsll_plugins.pyfunc.NGSLLPyfunc's ImageService
+        if not isinstance(service, ImageService):
+            raise MlflowException("the ngsll evaluator reads 28x28 images; text models have no pixel maps to "
+                                  "evaluate (use the pipeline's evaluate_text stage)")
         ngsll_model, names, classes = service.model, service.feature_names, service.class_names
         side, cells = service.side, service.cells
         pixels = np.asarray(dataset.features_data, dtype=np.float32).reshape(-1, side, side)

@@ -1,8 +1,11 @@
 """The MLflow pyfunc flavour of a fine NGSLL model: predictions **and** their top-K weights.
 
-``predict`` takes (N, 28, 28) pixels in [0, 1] (or (N, 784)) and returns one row per image with
-``label, class_index, probability, logit, k, weights`` where ``weights`` is the JSON list of
-``{feature, index, weight, value, contribution}`` sorted by |contribution|.
+Image models: ``predict`` takes (N, 28, 28) pixels in [0, 1] (or (N, 784)). Text models (logged with an
+``encoder`` artifact): ``predict`` takes N sentences, a DataFrame with a ``text`` column (the logged
+signature; the unwrapped model also takes a list of strings). Either way it returns one row per sample with
+``label, class_index, probability, logit, k, weights`` where ``logit`` is the answered class's logit and
+``weights`` is the JSON list of ``{feature, index, weight, value, contribution}`` sorted by |contribution|
+(``feature`` a ``r3c4`` cell or a word); the contributions add up to ``logit``.
 """
 
 from __future__ import annotations
@@ -13,31 +16,41 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import torch
 
-from ngsll.checkpoint import model_from_checkpoint
-from ngsll.serving import ImageService
+from ngsll.serving import RequestError, TextService, load_service
 
 
 class NGSLLPyfunc(mlflow.pyfunc.PythonModel):
-    """Loads the plain-dict checkpoint artifact and answers with explanations."""
+    """Loads the plain-dict checkpoint artifact (and, for text, the encoder) and answers with explanations."""
 
     def load_context(self, context: Any) -> None:
-        checkpoint = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=True)
-        with open(context.artifacts["features"]) as handle:
-            features = json.load(handle)
+        artifacts = context.artifacts
         # The same service the TorchServe handler uses, so both answer identically.
-        self.service = ImageService(model_from_checkpoint(checkpoint), features["feature_names"], features["class_names"])
+        self.service = load_service(artifacts["checkpoint"], artifacts["features"], artifacts.get("encoder"))
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
-        side = self.service.side
-        pixels = np.asarray(model_input, dtype=np.float32).reshape(-1, side, side)  # (N, H, H)
-        answers = self.service.answer(pixels)
+        if isinstance(self.service, TextService):
+            answers = self.service.answer(_sentences(model_input))
+        else:
+            side = self.service.side
+            pixels = np.asarray(model_input, dtype=np.float32).reshape(-1, side, side)  # (N, H, H)
+            answers = self.service.answer(pixels)
         return pd.DataFrame({
             "label": [a["label"] for a in answers],
             "class_index": [a["class_index"] for a in answers],
             "probability": [a["probabilities"][a["label"]] for a in answers],
-            "logit": [a.get("logit", float("nan")) for a in answers],
+            "logit": [a["logits"][a["label"]] if "logits" in a else a.get("logit", float("nan")) for a in answers],
             "k": [a["k"] for a in answers],
             "weights": [json.dumps(a["weights"]) for a in answers],
         })
+
+
+def _sentences(model_input: Any) -> list[str]:
+    """N sentences from a list/array of strings or a DataFrame (its ``text`` column, else its first)."""
+    if isinstance(model_input, pd.DataFrame):
+        column = "text" if "text" in model_input.columns else model_input.columns[0]
+        model_input = model_input[column]
+    sentences = [model_input] if isinstance(model_input, str) else list(np.asarray(model_input, dtype=object).ravel())
+    if not all(isinstance(text, str) and text.strip() for text in sentences):
+        raise RequestError("text models take non-empty sentences: a list of strings or a DataFrame with a text column")
+    return sentences

@@ -19,6 +19,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 # `mlflow run` exports MLFLOW_RUN_ID so the command logs into its run; the stages instead open their own
@@ -118,21 +119,31 @@ def log_phase(
 
 
 def log_pyfunc_model(
-    checkpoint_path: Path, features_path: Path, registered_name: str | None, example: np.ndarray
+    checkpoint_path: Path, features_path: Path, registered_name: str | None, example: np.ndarray | list[str],
+    encoder_path: Path | None = None,
 ) -> Any:
-    """Log the checkpoint as an NGSLL pyfunc model in the active run and register it."""
+    """Log the checkpoint as an NGSLL pyfunc model in the active run and register it.
+
+    ``example``: two images (N, 28, 28) or, for a text model (``encoder_path`` = the prepared data's
+    ``encoder.json``), a list of sentences; it becomes the input example and the signature.
+    """
     import ngsll
     import ngsll_plugins
     from ngsll_plugins.pyfunc import NGSLLPyfunc
     from mlflow.models import infer_signature
 
+    artifacts = {"checkpoint": str(checkpoint_path), "features": str(features_path)}
+    if encoder_path is not None:
+        artifacts["encoder"] = str(encoder_path)
     model = NGSLLPyfunc()
-    model.load_context(type("Context", (), {"artifacts": {"checkpoint": str(checkpoint_path), "features": str(features_path)}}))
+    model.load_context(type("Context", (), {"artifacts": artifacts}))
+    if not isinstance(example, np.ndarray):
+        example = pd.DataFrame({"text": list(example)})
     signature = infer_signature(example, model.predict(None, example))
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=model,
-        artifacts={"checkpoint": str(checkpoint_path), "features": str(features_path)},
+        artifacts=artifacts,
         code_paths=[str(Path(ngsll.__file__).parent), str(Path(ngsll_plugins.__file__).parent)],
         signature=signature,
         input_example=example,
