@@ -47,7 +47,7 @@ The inference token is the "inference" key of {keys} (written by TorchServe at s
 
 Explanations (plus per-class weights and {extra}): {url}/explanations/{model}
 Prometheus metrics: {properties['metrics_address']}/metrics    Logs: {run_dir / 'logs'}
-Stop it with: python -m ngsll_plugins.serve stop {args.serve_dir}   (make serve-stop)""")
+Stop it with: python -m ngsll_plugins.serve stop {args.serve_dir}""")
 
 
 if __name__ == "__main__":
