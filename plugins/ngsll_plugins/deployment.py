@@ -6,8 +6,8 @@ Registered under the entry-point group ``mlflow.deployments``::
 
 builds a model archive from the registered model's checkpoint, feature names (and, for text models, its
 vocabularies) and registers it with a running TorchServe through its management API (which must be
-enabled on that server: ``enable_model_api=true``). ``predict``, ``explain``, ``get``, ``list``, ``update`` and ``delete`` go
-through the same server.
+enabled on that server: ``enable_model_api=true``). ``predict``, ``explain``, ``get``, ``list``,
+``update`` and ``delete`` go through the same server.
 
 Where the server is comes from the environment (or ``-C key=value`` deployment config):
 
@@ -60,14 +60,11 @@ def _as_instances(inputs: Any) -> bytes:
         return bytes(inputs)
     if isinstance(inputs, dict):
         return json.dumps(inputs).encode()
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    values = inputs.values if hasattr(inputs, "values") else inputs
-    if isinstance(values, list) and values and all(isinstance(text, str) for text in values):
-        return json.dumps({"instances": [{"text": text} for text in values]}).encode()
-    if isinstance(values, np.ndarray) and values.dtype == object and values.size and isinstance(values.flat[0], str):
-        return json.dumps({"instances": [{"text": str(text)} for text in values.ravel()]}).encode()
-    pixels = np.asarray(inputs.values if hasattr(inputs, "values") else inputs, dtype=np.float64)
+    values = [inputs] if isinstance(inputs, str) else inputs.values if hasattr(inputs, "values") else inputs
+    texts = values.ravel().tolist() if isinstance(values, np.ndarray) and values.dtype == object else values
+    if isinstance(texts, list) and texts and all(isinstance(text, str) for text in texts):
+        return json.dumps({"instances": [{"text": text} for text in texts]}).encode()
+    pixels = np.asarray(values, dtype=np.float64)
     if pixels.ndim == 2 and pixels.shape[1] == 28 * 28:
         pixels = pixels.reshape(-1, 28, 28)
     if pixels.ndim == 2:

@@ -38,7 +38,7 @@ import torch
 
 from ngsll.checkpoint import model_from_checkpoint
 from ngsll.errors import ConfigError, NGSLLError
-from ngsll.explain import answered_class_weights, answers_from_output
+from ngsll.explain import answers_from_output
 from ngsll.model import NGSLL
 from ngsll.simplify import image_inputs
 from ngsll.text import TextEncoder, tokenize
@@ -186,25 +186,26 @@ class Service(ABC):
                 responses.append((200, mine[0]))
         return responses
 
-    def _forward(self, x: np.ndarray, z: np.ndarray, explain: bool) -> tuple[list[dict[str, Any]], torch.Tensor]:
-        """Answers for one batch and, (n, d) on the CPU, the answered class's gated weights (for ``explain``)."""
+    def _forward(self, x: np.ndarray, z: np.ndarray, explain: bool) -> tuple[list[dict[str, Any]], np.ndarray | None]:
+        """Answers for one batch and, with ``explain``, (n, d) the answered class's gated weights (else None)."""
         x_t = torch.from_numpy(x).to(self.device)  # (n, ...) images or token ids
         z_t = torch.from_numpy(z).to(self.device)  # (n, d)
         with torch.inference_mode():
             output = self.model(x_t, z_t)
         args = self.model.args
         answers = answers_from_output(output, z_t, args.k, args.task, self.feature_names, self.class_names)
-        if explain:
-            weights = output.weights.cpu().numpy()  # (n, d, C)
-            multi = weights.shape[2] > 1
-            names = self.class_names if multi else [f"logit({self.class_names[-1]})"]
-            for answer, sample_weights in zip(answers, weights):
-                answer["class_weights"] = {
-                    entry["feature"]: dict(zip(names, sample_weights[entry["index"]].tolist()))
-                    for entry in answer["weights"]
-                }
-        class_weights = answered_class_weights(output, args.task)[1].cpu() if explain else torch.empty(0)  # (n, d)
-        return answers, class_weights
+        if not explain:
+            return answers, None
+        weights = output.weights.cpu().numpy()  # (n, d, C)
+        multi = weights.shape[2] > 1
+        names = self.class_names if multi else [f"logit({self.class_names[-1]})"]
+        for answer, sample_weights in zip(answers, weights):
+            answer["class_weights"] = {
+                entry["feature"]: dict(zip(names, sample_weights[entry["index"]].tolist()))
+                for entry in answer["weights"]
+            }
+        columns = [answer["class_index"] if multi else 0 for answer in answers]  # the answered class's column
+        return answers, weights[np.arange(len(answers)), :, columns]  # (n, d)
 
 
 class ImageService(Service):
