@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 # Which packaged model `make serve` / `make serve-stop` run: mnist, or a text dataset (make serve DATASET=trec).
 DATASET ?= mnist
+# Serve a registered MLflow model instead of the packaged archive: make serve MODEL=models:/ngsll-mnist@champion
+MODEL ?=
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -36,7 +38,7 @@ test: install
 	$(BIN)/python -m pytest -q -rs
 
 serve: install
-	$(BIN)/python -m ngsll_plugins.serve start models/$(DATASET)/serve
+	$(BIN)/python -m ngsll_plugins.serve start models/$(DATASET)/serve $(if $(MODEL),--model-uri $(MODEL))
 
 serve-stop:
 	$(BIN)/python -m ngsll_plugins.serve stop models/$(DATASET)/serve

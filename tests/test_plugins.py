@@ -1,15 +1,23 @@
-"""The MLflow run-context plugin: real entry point, real MLflow store, never raises."""
+"""The MLflow plugins as guests of a real MLflow store: the run-context plugin (never raises, bounded, no
+credentials) and the evaluator (NGSLL models only; image and text)."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import time
 from importlib.metadata import entry_points
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from ngsll_plugins.run_context import NGSLLRunContext, version_tags  # noqa: E402
+from ngsll_plugins.evaluator import NGSLLEvaluator, is_ngsll_model  # noqa: E402
+from ngsll_plugins.run_context import GIT_TIMEOUT_S, NGSLLRunContext, version_tags, without_credentials  # noqa: E402
 
 
 def make_repo(path, lock: str) -> str:
@@ -100,3 +108,115 @@ def test_evaluator_plugin_computes_normlime_and_faithfulness_for_a_logged_model(
     logged = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, "ngsll_evaluation")}
     assert logged == {"ngsll_evaluation/importance.json", "ngsll_evaluation/class_maps.png",
                       "ngsll_evaluation/faithfulness.png"}
+
+
+def test_run_context_in_a_plain_folder_adds_no_tags_and_raises_nothing(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no git, no DVC, no dvc.yaml anywhere above a fresh temporary folder
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert not NGSLLRunContext().in_context()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("plain")
+    with mlflow.start_run() as run:
+        pass
+    tags = mlflow.get_run(run.info.run_id).data.tags
+    assert not [key for key in tags if key.startswith(("ngsll.", "dvc."))]
+
+
+def test_run_context_never_records_credentials(tmp_path, monkeypatch) -> None:
+    make_repo(tmp_path, LOCK)
+    subprocess.run(["git", "remote", "add", "origin", "https://alice:s3cret@git.example.com/org/repo.git?x=1"],
+                   cwd=tmp_path, check=True)
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    remote = store\n['remote \"store\"']\n"
+                                              "    url = https://bob:hunter2@dvc.example.com/cache?sig=t0ken\n")
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    tags = version_tags(tmp_path)
+    assert tags["ngsll.git.remote"] == "https://git.example.com/org/repo.git"
+    assert tags["dvc.remote"] == "https://dvc.example.com/cache"
+    assert not [value for value in tags.values() if any(s in value for s in ("s3cret", "hunter2", "t0ken", "alice"))]
+    assert without_credentials("git@github.com:org/repo.git") == "github.com:org/repo.git"
+    assert without_credentials("/srv/dvc-cache") == "/srv/dvc-cache"
+
+
+def test_a_hanging_git_delays_a_run_by_a_bounded_time(tmp_path, monkeypatch) -> None:
+    make_repo(tmp_path, LOCK)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "git").write_text("#!/bin/sh\nsleep 60\n")  # a git stuck on a network filesystem or a lock
+    (fake_bin / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    started = time.monotonic()
+    tags = version_tags(tmp_path)
+    assert time.monotonic() - started < 3 * GIT_TIMEOUT_S + 2  # the first git call times out; nothing waits 60 s
+    assert "ngsll.git.commit" not in tags and tags["dvc.data.data/prepared/mnist"] == "abc123.dir"
+
+
+def _sklearn_model_and_data():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(60, 3)), columns=["a", "b", "c"])
+    frame["label"] = (frame["a"] + 0.5 * frame["b"] > 0).astype(int)
+    return LogisticRegression().fit(frame[["a", "b", "c"]], frame["label"]), frame
+
+
+@pytest.mark.slow
+def test_a_scikit_learn_evaluation_is_the_same_with_ngsll_installed(tmp_path) -> None:
+    """MLflow runs every installed evaluator that says yes; ngsll's must leave a plain classifier alone."""
+    names = {ep.name for ep in entry_points(group="mlflow.model_evaluator")}
+    assert "ngsll" in names  # installed, so MLflow considers it below
+    model, frame = _sklearn_model_and_data()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("sklearn-host")
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model", input_example=frame[["a", "b", "c"]].head(2))
+    config = {"log_model_explainability": False}  # no SHAP: the comparison needs only the metrics
+    results = {}
+    # None: every installed evaluator that says it can; ["default"]: MLflow's own alone
+    for evaluators, evaluator_config in ((None, config), (["default"], {"default": config})):
+        with mlflow.start_run() as run:
+            results[str(evaluators)] = mlflow.models.evaluate(info.model_uri, frame, targets="label",
+                                                              model_type="classifier", evaluators=evaluators,
+                                                              evaluator_config=evaluator_config).metrics
+        logged = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+        assert "ngsll_evaluation" not in logged
+    assert results["None"] == results["['default']"] and results["None"]["accuracy_score"] > 0.8
+    assert NGSLLEvaluator.can_evaluate(model_type="regressor", evaluator_config={}) is False
+    assert NGSLLEvaluator.can_evaluate(model_type="classifier", evaluator_config={},
+                                       model=mlflow.pyfunc.load_model(info.model_uri)) is False
+    assert not is_ngsll_model(mlflow.pyfunc.load_model(info.model_uri)) and not is_ngsll_model(None)
+
+
+@pytest.mark.slow
+def test_evaluator_plugin_gives_a_text_model_word_importance_and_faithfulness(tmp_path) -> None:
+    from ngsll.text import TextEncoder
+    from ngsll_plugins.tracking import log_pyfunc_model
+    from test_text_serving import CLASSES, CORPUS, write_text_model
+
+    checkpoint, features, encoder_file = write_text_model(tmp_path / "text", TextEncoder.fit(CORPUS, max_length=12))
+    sentences = CORPUS * 4
+    labels = [CLASSES[i % 3] for i in range(len(sentences))]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("text-evaluator")
+    with mlflow.start_run() as run:
+        info = log_pyfunc_model(checkpoint, features, None, CORPUS[:2], encoder_path=encoder_file)
+        assert is_ngsll_model(mlflow.pyfunc.load_model(info.model_uri))
+        result = mlflow.models.evaluate(info.model_uri, pd.DataFrame({"text": sentences, "label": labels}),
+                                        targets="label", model_type="classifier", evaluators=["ngsll"])
+    assert 0 <= result.metrics["accuracy"] <= 1
+    assert {"error_gain_at_50/NormLIME", "error_gain_at_50/random"} <= set(result.metrics)
+    client = mlflow.MlflowClient()
+    logged = {f.path for f in client.list_artifacts(run.info.run_id, "ngsll_evaluation")}
+    assert logged == {f"ngsll_evaluation/{name}" for name in
+                      ("importance.json", "top_words.md", "top_words.png", "faithfulness.png")}
+    importance = json.loads(Path(client.download_artifacts(run.info.run_id, "ngsll_evaluation/importance.json",
+                                                           str(tmp_path))).read_text())
+    vocabulary = set(importance["feature_names"])
+    assert set(importance["top_words_by_class"]) == set(CLASSES)
+    for rows in importance["top_words_by_class"].values():
+        assert all(row["feature"] in vocabulary and row["importance"] > 0 for row in rows)
+        assert [row["importance"] for row in rows] == sorted((row["importance"] for row in rows), reverse=True)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="not classes of this model"):
+        mlflow.models.evaluate(info.model_uri, pd.DataFrame({"text": sentences, "label": ["nope"] * len(sentences)}),
+                               targets="label", model_type="classifier", evaluators=["ngsll"])

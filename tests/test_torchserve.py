@@ -14,6 +14,7 @@ import json
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
@@ -185,19 +186,24 @@ def test_mlflow_deployment_plugin_create_predict_explain_delete(server: Server, 
     import mlflow
     from mlflow.deployments import get_deploy_client
 
-    from ngsll_plugins.tracking import log_pyfunc_model
+    from ngsll_plugins.tracking import log_pyfunc_model, set_champion
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_experiment("deploy-test")
     checkpoint, features = write_model(tmp_path / "model")
     with mlflow.start_run():
-        log_pyfunc_model(checkpoint, features, "ngsll-deploy", digit()[None])
+        info = log_pyfunc_model(checkpoint, features, "ngsll-deploy", digit()[None])
+    set_champion("ngsll-deploy", info.registered_model_version)
     monkeypatch.setenv("NGSLL_TS_INFERENCE_URL", server.client.inference_url)
     monkeypatch.setenv("NGSLL_TS_MANAGEMENT_URL", server.client.management_url)
     monkeypatch.setenv("NGSLL_TS_MODEL_STORE", str(server.store))
 
-    client = get_deploy_client("torchserve")
-    client.create_deployment("ngsll-deploy", "models:/ngsll-deploy/1", config={"batch_size": 2, "max_batch_delay": 20})
+    names = {ep.name: ep.value for ep in entry_points(group="mlflow.deployments")}
+    assert names.get("ngsll-torchserve") == "ngsll_plugins.deployment"
+    assert not names.get("torchserve", "").startswith("ngsll")  # mlflow-torchserve's name stays theirs
+    client = get_deploy_client("ngsll-torchserve")
+    client.create_deployment("ngsll-deploy", "models:/ngsll-deploy@champion",
+                             config={"batch_size": 2, "max_batch_delay": 20})
     assert "ngsll-deploy" in {d["name"] for d in client.list_deployments()}
     assert client.get_deployment("ngsll-deploy")["modelName"] == "ngsll-deploy"
     predictions = client.predict("ngsll-deploy", np.stack([digit(3), digit(4)])).get_predictions()
@@ -296,7 +302,7 @@ def test_mlflow_deployment_plugin_serves_a_registered_text_model(server: Server,
     monkeypatch.setenv("NGSLL_TS_MANAGEMENT_URL", server.client.management_url)
     monkeypatch.setenv("NGSLL_TS_MODEL_STORE", str(server.store))
 
-    client = get_deploy_client("torchserve")
+    client = get_deploy_client("ngsll-torchserve")
     client.create_deployment("ngsll-text-deploy", "models:/ngsll-text-deploy/1")
     try:
         sentences = [SENTENCE, "Where is the comedy theatre?"]

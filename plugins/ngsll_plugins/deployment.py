@@ -1,8 +1,9 @@
-"""MLflow deployment plugin, target ``torchserve``: serve registered NGSLL models on TorchServe.
+"""MLflow deployment plugin, target ``ngsll-torchserve``: serve registered NGSLL models on TorchServe.
 
-Registered under the entry-point group ``mlflow.deployments``::
+Registered under the entry-point group ``mlflow.deployments`` (as ``ngsll-torchserve``, so it never
+shadows the ``torchserve`` target of the separate mlflow-torchserve package)::
 
-    mlflow deployments create -t torchserve --name ngsll-mnist -m models:/ngsll-mnist/1
+    mlflow deployments create -t ngsll-torchserve --name ngsll-mnist -m models:/ngsll-mnist@champion
 
 builds a model archive from the registered model's checkpoint, feature names (and, for text models, its
 vocabularies) and registers it with a running TorchServe through its management API (which must be
@@ -41,8 +42,9 @@ def target_help() -> str:
     return __doc__ or ""
 
 
-def _model_files(model_uri: str, destination: Path) -> tuple[Path, Path, Path | None]:
-    """Download an NGSLL pyfunc model: its checkpoint, features.json and (text models) encoder.json."""
+def model_files(model_uri: str, destination: Path) -> tuple[Path, Path, Path | None]:
+    """Download an NGSLL pyfunc model (any model URI: ``models:/<name>@champion``, ``models:/<name>/3``,
+    ``runs:/...``) into ``destination``: its checkpoint, features.json and (text models) encoder.json."""
     import mlflow.artifacts
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination)))
@@ -102,7 +104,7 @@ class TorchServeDeploymentClient(BaseDeploymentClient):
         if unknown:
             raise MlflowException(f"unknown deployment config {sorted(unknown)}; accepted: {DEPLOYMENT_CONFIG}")
         with tempfile.TemporaryDirectory() as download:
-            checkpoint, features, encoder = _model_files(model_uri, Path(download))
+            checkpoint, features, encoder = model_files(model_uri, Path(download))
             mar = build_archive(checkpoint, features, self._model_store(config), name, str(config.get("version", "1.0")),
                                 encoder=encoder)
         self._call("register", mar.name, name, int(config.get("batch_size", 1)),
@@ -139,7 +141,7 @@ def run_local(name: str, model_uri: str, flavor: str | None = None, config: dict
     config = dict(config or {})
     workdir = Path(config.get("workdir") or tempfile.mkdtemp(prefix="ngsll-torchserve-"))
     with tempfile.TemporaryDirectory() as download:
-        checkpoint, features, encoder = _model_files(model_uri, Path(download))
+        checkpoint, features, encoder = model_files(model_uri, Path(download))
         build_archive(checkpoint, features, workdir / "model-store", name, encoder=encoder)
     server = ServerConfig(token_auth=False, models={name: {
         "mar": f"{name}.mar", "batch_size": int(config.get("batch_size", 1)),

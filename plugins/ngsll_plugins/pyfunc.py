@@ -30,7 +30,7 @@ class NGSLLPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
         if isinstance(self.service, TextService):
-            answers = self.service.answer(_sentences(model_input))
+            answers = self.service.answer(as_sentences(model_input))
         else:
             side = self.service.side
             pixels = np.asarray(model_input, dtype=np.float32).reshape(-1, side, side)  # (N, H, H)
@@ -45,7 +45,7 @@ class NGSLLPyfunc(mlflow.pyfunc.PythonModel):
         })
 
 
-def _sentences(model_input: Any) -> list[str]:
+def as_sentences(model_input: Any) -> list[str]:
     """N sentences from a list/array of strings or a DataFrame (its ``text`` column, else its first)."""
     if isinstance(model_input, pd.DataFrame):
         column = "text" if "text" in model_input.columns else model_input.columns[0]

@@ -1,38 +1,78 @@
 """MLflow run-context plugin: tag every run started inside an ngsll repository with its versions.
 
 Registered under the entry-point group ``mlflow.run_context_provider``. Tags: ``ngsll.git.commit``,
-``ngsll.git.dirty``, ``dvc.stage`` (the stage DVC is running, if any) and ``dvc.data.<path>`` (the DVC
-hash of every data output recorded in ``dvc.lock``). It never raises: MLflow must not fail a run
-because version information is unavailable.
+``ngsll.git.dirty``, ``ngsll.git.remote`` (the ``origin`` URL), ``dvc.stage`` (the stage DVC is running,
+if any), ``dvc.remote`` (the default DVC remote's URL) and ``dvc.data.<path>`` (the DVC hash of every data
+output recorded in ``dvc.lock``).
+
+A guest in every MLflow process: outside a repository holding ``dvc.yaml`` it adds nothing and runs no
+command; inside one each git call is bounded by :data:`GIT_TIMEOUT_S`; it never raises (MLflow must not
+fail or wait on a run because version information is unavailable) and never records credentials: URLs
+lose their user, password, query and fragment before they become tags.
 """
 
 from __future__ import annotations
 
+import configparser
 import logging
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
 log = logging.getLogger(__name__)
 
+GIT_TIMEOUT_S = 2.0  # per git call; a hung or slow git (network filesystem, lock) costs a run at most this
+
 
 def repository_root(start: Path | None = None) -> Path | None:
     """The nearest folder holding ``dvc.yaml`` (``DVC_ROOT`` when DVC runs a stage), or None."""
     if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"])
+        root = Path(os.environ["DVC_ROOT"])
+        return root if root.is_dir() else None
     here = (start or Path.cwd()).resolve()
     return next((folder for folder in (here, *here.parents) if (folder / "dvc.yaml").is_file()), None)
 
 
+def without_credentials(url: str) -> str:
+    """``url`` without user, password, query or fragment (``https://u:p@host/x?sig=s`` -> ``https://host/x``).
+
+    scp-like git addresses (``git@host:org/repo.git``) lose their user too; a plain path is returned as is.
+    """
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    if "@" in url and ":" in url.split("@", 1)[1]:  # user@host:path
+        return url.split("@", 1)[1]
+    return url
+
+
 def git_tags(root: Path) -> dict[str, str]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
+                              check=True, stdin=subprocess.DEVNULL).stdout.strip()
 
-    commit = git("rev-parse", "HEAD").strip()
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
-    return {"ngsll.git.commit": commit, "ngsll.git.dirty": str(dirty).lower()}
+    tags = {"ngsll.git.commit": git("rev-parse", "HEAD")}
+    tags["ngsll.git.dirty"] = str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()
+    try:
+        remote = git("remote", "get-url", "origin")
+    except subprocess.CalledProcessError:  # no origin: nothing to record
+        remote = ""
+    if remote:
+        tags["ngsll.git.remote"] = without_credentials(remote)
+    return tags
+
+
+def dvc_remote_tags(root: Path) -> dict[str, str]:
+    """``dvc.remote`` -> the URL of the default remote named in ``.dvc/config`` (credentials removed)."""
+    config = configparser.ConfigParser()
+    config.read([root / ".dvc" / "config", root / ".dvc" / "config.local"])
+    default = config.get("core", "remote", fallback="")
+    url = config.get(f"'remote \"{default}\"'", "url", fallback="") if default else ""
+    return {"dvc.remote": without_credentials(url)} if url else {}
 
 
 def dvc_data_tags(root: Path) -> dict[str, str]:
@@ -60,7 +100,7 @@ def version_tags(start: Path | None = None) -> dict[str, str]:
         tags: dict[str, str] = {}
         if os.environ.get("DVC_STAGE"):
             tags["dvc.stage"] = os.environ["DVC_STAGE"]
-        for collect in (git_tags, dvc_data_tags):
+        for collect in (git_tags, dvc_remote_tags, dvc_data_tags):
             try:
                 tags |= collect(root)
             except Exception as error:  # noqa: BLE001 - version info is best effort by design

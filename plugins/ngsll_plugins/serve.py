@@ -1,21 +1,45 @@
-"""``python -m ngsll_plugins.serve start|stop SERVE_DIR``: run the packaged endpoint (``make serve``).
+"""``python -m ngsll_plugins.serve start|stop SERVE_DIR [--model-uri URI]``: run the packaged endpoint
+(``make serve``, ``make serve MODEL=models:/ngsll-mnist@champion``).
 
 SERVE_DIR is a `package` / `package_text` stage's output (``config/config.properties``, ``model-store/``
 and a sample request); the server's logs and its token file ``key_file.json`` go to ``SERVE_DIR/run``.
+With ``--model-uri`` the archive is built from that MLflow model instead (a registry alias such as
+``@champion``, a version, or a run's model; tracking store from ``MLFLOW_TRACKING_URI``, else this
+folder's ``mlflow.db``) into ``SERVE_DIR/run/model-store`` and served under the packaged model's name
+with the packaged production config.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
 from pathlib import Path
 
-from ngsll_plugins.torchserve import TorchServeClient, key_file, read_properties, start, stop, wait_until_ready
+from ngsll_plugins.torchserve import (
+    TorchServeClient, build_archive, key_file, read_properties, start, stop, wait_until_ready,
+)
+
+
+def archive_from_registry(model_uri: str, model_store: Path, name: str) -> Path:
+    """Build ``model_store/<name>.mar`` from the NGSLL pyfunc model at ``model_uri``."""
+    import mlflow
+
+    from ngsll_plugins.deployment import model_files
+    from ngsll_plugins.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(Path.cwd()))
+    with tempfile.TemporaryDirectory() as download:
+        checkpoint, features, encoder = model_files(model_uri, Path(download))
+        return build_archive(checkpoint, features, model_store, name, encoder=encoder)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("action", choices=("start", "stop"))
     parser.add_argument("serve_dir", type=Path)
+    parser.add_argument("--model-uri", help="serve this MLflow model (e.g. models:/ngsll-mnist@champion) instead "
+                                            "of the packaged archive")
     args = parser.parse_args()
     run_dir = args.serve_dir / "run"
     if args.action == "stop":
@@ -26,8 +50,13 @@ def main() -> None:
     if not config_path.exists():
         raise SystemExit(f"{config_path} is missing: run `dvc repro package package_text` (or `make run`) first")
     properties = read_properties(config_path)
-    model = next(iter(__import__("json").loads(properties["models"])))
-    start(run_dir, args.serve_dir / "model-store", config_path)
+    model = next(iter(json.loads(properties["models"])))
+    model_store = args.serve_dir / "model-store"
+    if args.model_uri:
+        model_store = run_dir / "model-store"
+        archive_from_registry(args.model_uri, model_store, model)
+        print(f"built {model_store / (model + '.mar')} from {args.model_uri}")
+    start(run_dir, model_store, config_path)
     keys = key_file(run_dir)
     client = TorchServeClient.from_key_file(
         keys, inference_url=properties["inference_address"], management_url=properties["management_address"]

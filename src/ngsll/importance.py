@@ -148,3 +148,22 @@ def lime_local_weights(
             weights[row, cell] = weight
     predicted = probabilities(np.repeat(images[..., None], 3, axis=-1)).argmax(axis=1)
     return weights, predicted
+
+
+def top_features(
+    importance: np.ndarray, signed: np.ndarray, names: Sequence[str], count: int = 10
+) -> list[dict[str, float | str]]:
+    """The ``count`` most important features as ``{feature, importance, signed_weight}``, most important first.
+
+    Args:
+        importance: (d,) scores, higher is more important (e.g. one row of NormLIME's ``class_importance_``).
+        signed: (d,) mean signed weight of each feature (the matching row of ``class_signed_``).
+        names: d feature names (cells or words).
+        count: how many to return (default 10); features with importance 0 (never chosen) are left out.
+    """
+    if not importance.shape == signed.shape == (len(names),):
+        raise InputError(f"importance, signed and names must all have length {len(names)}, got "
+                         f"{importance.shape} and {signed.shape}")
+    order = np.argsort(-importance, kind="stable")[:count]  # most important first, ties by index
+    return [{"feature": names[i], "importance": float(importance[i]), "signed_weight": float(signed[i])}
+            for i in order if importance[i] > 0]

@@ -94,3 +94,23 @@ def faithfulness_figure(gains: dict[str, dict[str, dict[float, float]]]) -> Figu
     axes[0, -1].legend(fontsize=7)
     figure.tight_layout()
     return figure
+
+
+def top_features_figure(tables: dict[str, list[dict[str, float | str]]], title: str = "") -> Figure:
+    """One horizontal bar chart per class: its top features (words) and their signed mean weight (red +, blue -).
+
+    ``tables`` maps a panel title (a class name) -> rows of :func:`ngsll.importance.top_features`.
+    """
+    rows = max((len(table) for table in tables.values()), default=1) or 1
+    figure, axes = plt.subplots(1, len(tables), figsize=(3.2 * len(tables), 0.32 * rows + 1.4), squeeze=False)
+    for axis, (panel, table) in zip(axes[0], tables.items()):
+        values = [float(row["signed_weight"]) for row in table][::-1]  # most important on top
+        axis.barh(range(len(values)), values, color=["tab:red" if v >= 0 else "tab:blue" for v in values])
+        axis.set_yticks(range(len(values)), [str(row["feature"]) for row in table][::-1], fontsize=8)
+        axis.axvline(0, color="black", linewidth=0.6)
+        axis.set_title(panel, fontsize=9)
+        axis.set_xlabel("mean signed weight", fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure
