@@ -12,7 +12,7 @@ import numpy as np
 
 from ngsll.baselines import LINEAR_MODELS, fit_linear_baseline
 from ngsll.config import section
-from stage_io import load_params, load_split, log, read_json, setup_logging
+from stage_io import load_params, load_split, log, read_json, save_arrays, setup_logging
 
 
 def main() -> None:
@@ -34,8 +34,7 @@ def main() -> None:
         )
         log.info("%s: alpha %.4g, %d non-zero weights", name, model.alpha_, int((model.coef_ != 0).sum()))
         fitted |= {f"{name}_coef": model.coef_, f"{name}_intercept": model.intercept_, f"{name}_alpha": model.alpha_}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out, **fitted)
+    save_arrays(args.out, compressed=False, **fitted)
 
 
 if __name__ == "__main__":

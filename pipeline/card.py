@@ -15,8 +15,8 @@ from ngsll.config import section
 from ngsll.evaluation import format_table
 from ngsll.explain import predict_explain
 from ngsll_plugins.run_context import version_tags
-from ngsll_plugins.tracking import configure
-from stage_io import load_checkpoint, load_params, load_split, log, read_json, setup_logging
+from ngsll_plugins.tracking import configure, end_runs_on_signal
+from stage_io import load_checkpoint, load_params, load_split, log, read_json, setup_logging, write_text
 
 
 def phase_row(name: str, checkpoint: dict) -> dict:
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     setup_logging()
+    end_runs_on_signal()
     params = load_params(args.params)
     serve, ks = section(params, "serve"), [int(k) for k in section(params, "train", "ks")]
     fine, coarse = load_checkpoint(args.fine), load_checkpoint(args.coarse)
@@ -88,9 +89,9 @@ def main() -> None:
         "serve": serve,
     }
     card = render_markdown(args.template.read_text(), context)
-    args.out.write_text(card)
+    write_text(args.out, card)
     html_path = args.out.with_suffix(".html")
-    html_path.write_text(render_html(card, args.out.parent, f"Model card: {serve['model_name']}"))
+    write_text(html_path, render_html(card, args.out.parent, f"Model card: {serve['model_name']}"))
     log.info("wrote %s and %s", args.out, html_path)
     if fine.get("mlflow_run_id"):
         configure(section(params, "tracking", "experiment"))

@@ -1,7 +1,8 @@
 """Stage `evaluate`: test accuracy per model and K (paper Table 1), explanation timings, pictures.
 
-Logs the test metrics and pictures to each model's MLflow run; Ridge, Lasso and the ablation get one
-run per K with the same metric names, so the MLflow compare view lines every model up at each K.
+Logs the test metrics and pictures to each model's MLflow run, with the test split as its evaluation
+dataset input, and tags each registered fine version with its test accuracy; Ridge, Lasso and the ablation
+get one run per K with the same metric names, so the MLflow compare view lines every model up at each K.
 Pictures: weight maps over digits (images) or test sentences with coloured words (text, paper Figure 5).
 """
 
@@ -21,9 +22,12 @@ from ngsll.importance import answered_weights
 from ngsll.plots import accuracy_vs_k_figure, training_curves_figure, weight_overlay_figure
 from ngsll.textviz import ExplainedSentence, sentences_page
 from ngsll.train import TensorData, device_description, evaluate, pick_device
-from ngsll_plugins.tracking import configure, start_run
+from ngsll_plugins.tracking import (
+    configure, end_runs_on_signal, log_split_inputs, run_model_version, start_run, tag_model_version,
+)
 from stage_io import (
     load_checkpoint, load_model, load_params, load_split, log, read_json, save_figure, setup_logging, write_json,
+    write_text,
 )
 
 NGSLL, DENSE, DNN = "NGSLL", "NGSLL (w/o K-HGM)", "DNN"
@@ -78,6 +82,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     setup_logging()
+    end_runs_on_signal()
     params = load_params(args.params)
     dataset = dataset_settings(params, args.dataset)
     settings, ks = section(params, "evaluate"), [int(k) for k in section(dataset.train, "ks")]
@@ -112,8 +117,7 @@ def main() -> None:
     timing_table = format_table(timing_rows, ks, title="ms per sample (prediction + top-K weights)", precision=3)
     report = f"{table}\n\n{timing_table}\n\nDevice: {device_description(device)}\n"
     print(report)
-    args.table.parent.mkdir(parents=True, exist_ok=True)
-    args.table.write_text(report)
+    write_text(args.table, report)
     write_json(args.metrics, {
         "test_accuracy": {name: {str(k): v for k, v in row.items()} for name, row in accuracy.items()},
         "timing_ms_per_sample": timing,
@@ -145,25 +149,36 @@ def main() -> None:
         sentences = explained_sentences(models, ks, test_split, chosen, features["class_names"],
                                         features["feature_names"], device)
         title = f"{TITLES.get(args.dataset, args.dataset)}: words chosen by NGSLL and their weights"
-        args.figures.mkdir(parents=True, exist_ok=True)
-        (args.figures / "sentences.html").write_text(sentences_page(title, sentences, set(features["feature_names"])))
+        write_text(args.figures / "sentences.html", sentences_page(title, sentences, set(features["feature_names"])))
     for name, figure in figures.items():
         save_figure(figure, args.figures / name)
-    log_to_mlflow(params, dataset.tracking["experiment"], checkpoints, accuracy, timing, linear, ks, args.figures)
+    splits = {"train": (args.data_dir / "train.npz", load_split(args.data_dir / "train.npz")),
+              "test": (args.data_dir / "test.npz", test_split)}
+    log_to_mlflow(params, dataset, splits, checkpoints, accuracy, timing, linear, ks, args.figures)
     log.info("wrote %s, %s and figures under %s", args.metrics, args.table, args.figures)
 
 
-def log_to_mlflow(params, experiment: str, checkpoints, accuracy, timing, linear, ks, figures: Path) -> None:
-    """Test metrics and pictures onto the training runs; one run per K for Ridge, Lasso and the ablation."""
-    configure(experiment)
+def log_to_mlflow(params, dataset, splits, checkpoints, accuracy, timing, linear, ks, figures: Path) -> None:
+    """Test metrics, pictures and the test split onto the training runs, test accuracy onto the registered
+    versions; one run per K for Ridge, Lasso and the ablation (with the train and test splits)."""
+    configure(dataset.tracking["experiment"])
+    test_input = {"test": splits["test"]}
+    registered = dataset.tracking["registered_model"]
     for k in ks:
-        with mlflow.start_run(run_id=checkpoints[k]["mlflow_run_id"]):
+        run_id = checkpoints[k]["mlflow_run_id"]
+        with mlflow.start_run(run_id=run_id):
             mlflow.log_metrics({"test_accuracy": accuracy[NGSLL][k], **timing[str(k)]})
+            log_split_inputs(dataset.name, test_input)
             for picture in sorted(figures.iterdir()):
                 mlflow.log_artifact(str(picture), artifact_path="figures")
+        version = run_model_version(registered, run_id)
+        if version is not None:
+            tag_model_version(registered, version, {"test_accuracy": f"{accuracy[NGSLL][k]:.4f}"})
     with mlflow.start_run(run_id=checkpoints["dnn"]["mlflow_run_id"]):
         mlflow.log_metric("test_accuracy", accuracy[DNN][0])
+        log_split_inputs(dataset.name, test_input)
     with mlflow.start_run(run_id=checkpoints["dense"]["mlflow_run_id"]):
+        log_split_inputs(dataset.name, test_input)
         for k in ks:
             with mlflow.start_run(run_name=f"{DENSE} K={k}", nested=True):
                 mlflow.log_params({"model": DENSE, "k": k})
@@ -174,6 +189,7 @@ def log_to_mlflow(params, experiment: str, checkpoints, accuracy, timing, linear
                 mlflow.set_tags({"model": name, "stage": "baselines"})
                 mlflow.log_params({"model": name, "k": k, "alpha": model.alpha_, "seed": params["seed"]})
                 mlflow.log_metric("test_accuracy", accuracy[name][k])
+                log_split_inputs(dataset.name, splits)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,11 @@ from ngsll.importance import accumulate_normlime, input_gradient_view, keep_and_
 from ngsll.normlime import NormLIME
 from ngsll.plots import faithfulness_figure, weight_overlay_figure
 from ngsll.train import TensorData, pick_device
-from ngsll_plugins.tracking import configure
-from stage_io import load_checkpoint, load_model, load_params, load_split, log, read_json, save_figure, setup_logging, write_json
+from ngsll_plugins.tracking import configure, end_runs_on_signal
+from stage_io import (
+    load_checkpoint, load_model, load_params, load_split, log, read_json, save_figure, setup_logging, write_json,
+    write_text,
+)
 
 ENGINES = ("local", "ray")
 
@@ -55,6 +58,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     setup_logging()
+    end_runs_on_signal()
     params = load_params(args.params)
     settings, ks = section(params, "explain"), [int(k) for k in section(params, "train", "ks")]
     if settings["engine"] not in ENGINES:
@@ -123,7 +127,7 @@ def main() -> None:
                            [round(100 * f) for f in fractions], title=f"test error gain, {panel}",
                            column="{}% removed")
               for panel, rankings in gains.items()]
-    (args.out_dir / "faithfulness.md").write_text("\n\n".join(tables) + "\n")
+    write_text(args.out_dir / "faithfulness.md", "\n\n".join(tables) + "\n")
 
     half = min(fractions, key=lambda f: abs(f - 0.5))
     metrics = {"dnn_surrogate_agreement": gradient.surrogate_agreement, "error_gain_at_50": {}, "normlime_beats_random_at_50": {}}

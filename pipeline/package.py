@@ -10,6 +10,9 @@ see ``ngsll_plugins.torchserve.kserve_config``) for ``deploy/kserve/inferenceser
 
 MNIST reads the ``serve`` params; a text dataset ``<name>`` reads ``text.serve`` (its K, version and
 sample) and is served as ``ngsll-<name>`` on the ``serve`` ports and batching.
+
+MLflow: the registered version of the served checkpoint (``ngsll-<dataset>``) gets the alias ``champion``,
+so ``models:/ngsll-<dataset>@champion`` is what this stage packaged.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from PIL import Image
 from ngsll.config import dataset_settings, section
 from ngsll.text import TextSplit
 from ngsll_plugins.torchserve import ServerConfig, build_archive, kserve_config
-from stage_io import load_params, load_split, log, setup_logging
+from ngsll_plugins.tracking import configure, end_runs_on_signal, run_model_version, set_champion
+from stage_io import atomic_output, load_checkpoint, load_params, load_split, log, setup_logging, write_text
 
 
 def serve_settings(params: dict, dataset: str) -> dict:
@@ -41,12 +45,30 @@ def write_sample(test_split: Path, index: int, serve_dir: Path) -> None:
     split = load_split(test_split)
     if isinstance(split, TextSplit):
         sentence = split.texts[index]
-        (serve_dir / "sample_text.txt").write_text(sentence + "\n")
-        (serve_dir / "sample_text.json").write_text(json.dumps({"text": sentence}))
+        write_text(serve_dir / "sample_text.txt", sentence + "\n")
+        write_text(serve_dir / "sample_text.json", json.dumps({"text": sentence}))
         return
     digit = split.x[index, 0]  # (28, 28) in [0, 1]
-    Image.fromarray(np.rint(digit * 255).astype(np.uint8), mode="L").save(serve_dir / "sample_digit.png")
-    (serve_dir / "sample_digit.json").write_text(json.dumps({"image": np.round(digit, 4).tolist()}))
+    with atomic_output(serve_dir / "sample_digit.png") as temporary:
+        Image.fromarray(np.rint(digit * 255).astype(np.uint8), mode="L").save(temporary, format="PNG")
+    write_text(serve_dir / "sample_digit.json", json.dumps({"image": np.round(digit, 4).tolist()}))
+
+
+def promote_champion(params: dict, dataset: str, checkpoint: Path) -> None:
+    """Alias ``champion`` on the registered version that the served checkpoint's training run logged."""
+    tracking = dataset_settings(params, dataset).tracking
+    run_id = load_checkpoint(checkpoint).get("mlflow_run_id")
+    if not run_id:
+        log.warning("%s carries no MLflow run id: no registered version to mark as champion", checkpoint)
+        return
+    configure(tracking["experiment"])
+    name = tracking["registered_model"]
+    version = run_model_version(name, run_id)
+    if version is None:
+        log.warning("run %s registered no version of %s in this MLflow store: champion left as it was", run_id, name)
+        return
+    set_champion(name, version)
+    log.info("models:/%s@champion is version %s", name, version)
 
 
 def main() -> None:
@@ -61,7 +83,9 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     setup_logging()
-    serve = serve_settings(load_params(args.params), args.dataset)
+    end_runs_on_signal()
+    params = load_params(args.params)
+    serve = serve_settings(params, args.dataset)
     name = serve["model_name"]
 
     mar = build_archive(args.checkpoint, args.features, args.serve_dir / "model-store", name, str(serve["version"]),
@@ -77,6 +101,7 @@ def main() -> None:
         shutil.copy2(mar, args.kserve_dir / "model-store" / mar.name)
         kserve_config(models).write(args.kserve_dir / "config" / "config.properties")
     write_sample(args.test_split, int(serve["sample_index"]), args.serve_dir)
+    promote_champion(params, args.dataset, args.checkpoint)
     log.info("packaged %s (%d bytes) with config %s", mar, mar.stat().st_size, args.serve_dir / "config")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from ngsll.config import section
 from ngsll.data.mnist import binary_mnist_splits, check_mnist_arrays
 from ngsll.simplify import cell_names
-from stage_io import load_params, log, require_passed, save_split, setup_logging, write_json
+from stage_io import atomic_output, load_params, log, require_passed, save_split, setup_logging, write_json
 
 
 def main() -> None:
@@ -32,8 +32,7 @@ def main() -> None:
     with np.load(args.raw) as stored:
         arrays = check_mnist_arrays({name: stored[name] for name in stored.files})
     splits = binary_mnist_splits(arrays, int(data["num_validation"]), int(params["seed"]), int(data["cells"]))
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    with open(args.out_dir / "metadata.csv", "w", newline="") as handle:
+    with atomic_output(args.out_dir / "metadata.csv") as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["split", "id", "digit", "label"])
         for name, split in splits.items():

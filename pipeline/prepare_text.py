@@ -31,7 +31,10 @@ def main() -> None:
     params = load_params(args.params)
     data = dataset_settings(params, args.dataset).data
 
-    corpus = TextCorpus.read_csv(args.raw, read_json(args.info)["class_names"])
+    dropped = [row["id"] for row in read_json(args.checked).get("dropped", {}).get("rows", [])]
+    corpus = TextCorpus.read_csv(args.raw, read_json(args.info)["class_names"]).without(dropped)
+    if dropped:
+        log.info("left out %d row(s) the gate dropped: ids %s", len(dropped), dropped[:20])
     indices = split_indices(corpus, int(params["seed"]), float(data["validation_fraction"]),
                             float(data["test_fraction"]))
     texts = {name: [corpus.texts[i] for i in rows] for name, rows in indices.items()}

@@ -1,14 +1,19 @@
 """File IO shared by the stage scripts: params, prepared splits, JSON, checkpoints, figures.
 
 Stage scripts receive every path from ``dvc.yaml``; nothing here hard-codes one except the default
-``params.yaml`` that DVC itself reads.
+``params.yaml`` that DVC itself reads. Every writer here is atomic (:func:`atomic_output`): a stage that
+fails or is stopped half-way leaves the previous file or none, never a truncated one.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +22,9 @@ import torch
 import yaml
 
 from ngsll.checkpoint import model_from_checkpoint
+from ngsll.errors import NGSLLError
 from ngsll.data.mnist import ImageSplit
 from ngsll.text import TextSplit
-from ngsll.train import TensorData
 
 log = logging.getLogger("ngsll.pipeline")
 
@@ -30,15 +35,52 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+@contextmanager
+def one_line_errors(stage: str) -> Iterator[None]:
+    """Bad data or configuration (any :class:`NGSLLError`) ends the stage with one line that names it
+    (the message says which file or key and what is accepted) instead of a traceback."""
+    try:
+        yield
+    except NGSLLError as error:
+        raise SystemExit(f"{stage} failed: {error}") from None
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     with open(path) as handle:
         return yaml.safe_load(handle)
 
 
-def write_json(path: str | Path, payload: Any) -> None:
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; it replaces ``path`` only when the block completes.
+
+    On any exception, ``SystemExit`` from a stop signal included, the temporary file is removed and
+    ``path`` keeps its previous content (or stays absent). The parent folder is created.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(text)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def save_arrays(path: str | Path, compressed: bool = True, **arrays: Any) -> None:
+    """``np.savez[_compressed]`` of ``arrays`` to ``path``, atomically (the name is kept as given)."""
+    with atomic_output(path) as temporary, open(temporary, "wb") as handle:
+        (np.savez_compressed if compressed else np.savez)(handle, **arrays)
 
 
 def read_json(path: str | Path) -> Any:
@@ -48,15 +90,12 @@ def read_json(path: str | Path) -> Any:
 def save_split(path: Path, split: ImageSplit | TextSplit) -> None:
     """Store a split compactly: images as uint8 pixels (x = pixels / 255), z, labels, digits, ids;
     sentences as token ids, z, labels, ids and the texts."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(split, TextSplit):
-        np.savez_compressed(path, tokens=split.x, z=split.z, mask=split.z == 0, y=split.y, ids=split.ids,
-                            texts=np.asarray(split.texts, dtype=str))
+        save_arrays(path, tokens=split.x, z=split.z, mask=split.z == 0, y=split.y, ids=split.ids,
+                    texts=np.asarray(split.texts, dtype=str))
         return
     pixels = np.rint(split.x[:, 0] * 255).astype(np.uint8)  # (N, 28, 28)
-    np.savez_compressed(
-        path, pixels=pixels, z=split.z, mask=split.z == 0, y=split.y, digits=split.digits, ids=split.ids
-    )
+    save_arrays(path, pixels=pixels, z=split.z, mask=split.z == 0, y=split.y, digits=split.digits, ids=split.ids)
 
 
 def load_split(path: Path) -> ImageSplit | TextSplit:
@@ -71,14 +110,9 @@ def load_split(path: Path) -> ImageSplit | TextSplit:
         )
 
 
-def load_tensors(path: Path, device: torch.device) -> TensorData:
-    split = load_split(path)
-    return TensorData.from_arrays(split.x, split.z, split.y, device=device)
-
-
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, path)
+    with atomic_output(path) as temporary:
+        torch.save(checkpoint, temporary)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -94,15 +128,29 @@ def load_model(source: Path | dict[str, Any], device: torch.device):
 def save_figure(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        with atomic_output(path) as temporary:
+            figure.savefig(temporary, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(figure)
 
 
-def finish_gate(report, report_path: Path, html_path: Path, stage: str) -> None:
-    """Write a data-quality gate's JSON and HTML reports; exit non-zero with its summary if it failed."""
-    write_json(report_path, {"success": report.success, "failures": report.failures, "results": report.results})
-    html_path.write_text(report.to_html(stage))
+def finish_gate(report, report_path: Path, html_path: Path, stage: str, dropped: dict[str, Any] | None = None) -> None:
+    """Write a data-quality gate's JSON and HTML reports; exit non-zero with its summary if it failed.
+
+    ``dropped``: rows a ``drop`` policy removed before the checks (``{"policy", "reason", "count", "rows"}``),
+    recorded in both reports and logged, so the next stage and a reader see exactly what was left out.
+    """
+    summary = {"success": report.success, "failures": report.failures, "results": report.results}
+    write_json(report_path, {**summary, **({"dropped": dropped} if dropped else {})})
+    page = report.to_html(stage)
+    if dropped:
+        listed = "\n".join(f"id={row['id']}: {row['value']!r}" for row in dropped["rows"])
+        page = page.replace("</body>", f"<h2>{dropped['count']} row(s) dropped ({html.escape(dropped['reason'])})</h2>"
+                                       f"<pre>{html.escape(listed)}</pre></body>")
+        log.warning("%s: dropped %d row(s) (%s): ids %s", stage, dropped["count"], dropped["reason"],
+                    [row["id"] for row in dropped["rows"]][:20])
+    write_text(html_path, page)
     if not report.success:
         sys.exit(f"{stage} failed: {report.summary()}\nfull report: {report_path}")
     log.info("%s: %s", stage, report.summary())

@@ -7,9 +7,10 @@
 * dense:  NGSLL without K-HGM (dense weights in training; top-K |w| at evaluation).
 
 MLflow: each fine stage is a parent run ``NGSLL K=<k>`` with two nested runs, ``coarse`` (replayed
-from the coarse checkpoint it starts from) and ``fine`` (logged live); the fine model is logged as a
-pyfunc and registered (images; text models are logged as checkpoints). The DNN and the ablation log
-one run each. Run ids go into the checkpoints.
+from the coarse checkpoint it starts from) and ``fine`` (logged live); the fine model (image or text) is
+logged as a pyfunc and registered as a version of ``ngsll-<dataset>`` tagged with the dataset, K, the git
+commit and the DVC hash of the prepared data. The DNN and the ablation log one run each. Every run logs
+the train and validation splits as dataset inputs. Run ids go into the checkpoints.
 
 ``--dataset`` picks the params sections: ``mnist`` (default) or a text dataset under ``text.datasets``.
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -40,13 +40,14 @@ from ngsll.config import (
     DatasetSettings, coarse_phase, dataset_settings, distributed_settings, fine_phase, model_args, reference_phase,
 )
 from ngsll.distributed import DistributedContext, init_distributed, launched_by_torchrun, shutdown, torchrun_command
-from ngsll.train import PhaseConfig, device_description, pick_device, seed_everything, train_phase
+from ngsll.train import PhaseConfig, TensorData, device_description, pick_device, seed_everything, train_phase
 from ngsll_plugins.tracking import (
-    configure, epoch_logger, log_device, log_phase, log_pyfunc_model, phase_params, start_run,
+    configure, end_runs_on_signal, epoch_logger, log_device, log_phase, log_pyfunc_model, log_split_inputs,
+    phase_params, start_run, tag_model_version,
 )
 from stage_io import (
-    load_checkpoint, load_params, load_split, load_tensors, log, read_json, require_passed, save_checkpoint,
-    setup_logging, write_json,
+    load_checkpoint, load_params, load_split, log, read_json, require_passed, save_checkpoint, setup_logging,
+    write_json,
 )
 
 STAGES = ("coarse", "fine", "dnn", "dense")
@@ -81,12 +82,6 @@ def run_under_torchrun(nproc_per_node: int, stage: str) -> int:
     return returncode
 
 
-def stop_on_sigterm(signum: int, frame: Any) -> None:
-    """torchrun stops the surviving ranks with SIGTERM when one fails: exit through Python so open MLflow
-    runs end as FAILED instead of staying RUNNING."""
-    raise SystemExit(f"stopped by signal {signum}: another rank failed")
-
-
 def model_and_phase(args: argparse.Namespace, settings: DatasetSettings) -> tuple[Any, PhaseConfig, dict | None]:
     """The stage's starting model, its :class:`PhaseConfig` and (fine stage) the coarse checkpoint."""
     features = read_json(args.data_dir / "features.json")
@@ -110,8 +105,10 @@ def main() -> None:
     if scale.nproc_per_node > 1 and not launched_by_torchrun():
         raise SystemExit(run_under_torchrun(scale.nproc_per_node, args.stage))
     context, device = init_distributed(pick_device(params.get("device", "auto")), scale.backend, scale.timeout_s)
-    if context.is_distributed:
-        signal.signal(signal.SIGTERM, stop_on_sigterm)
+    if context.is_distributed:  # torchrun stops the surviving ranks with SIGTERM when one rank fails
+        end_runs_on_signal("FAILED", "{signal} from torchrun: another rank failed")
+    else:
+        end_runs_on_signal()
     try:
         train_stage(args, params, context, device)
     finally:
@@ -128,8 +125,9 @@ def train_stage(args: argparse.Namespace, params: dict[str, Any], context: Distr
     seed_everything(seed)  # the same initial weights on every rank
     model, phase, coarse = model_and_phase(args, settings)
     model.to(device)
-    train = load_tensors(args.data_dir / "train.npz", device)
-    validation = load_tensors(args.data_dir / "validation.npz", device)
+    splits = {name: (args.data_dir / f"{name}.npz", load_split(args.data_dir / f"{name}.npz"))
+              for name in ("train", "validation")}
+    train, validation = (TensorData.from_arrays(s.x, s.z, s.y, device=device) for _, s in splits.values())
     log.info("%s: %s", args.stage, phase)
 
     # Only rank 0 talks to MLflow; the coarse phase is logged under every fine run that starts from it.
@@ -148,6 +146,7 @@ def train_stage(args: argparse.Namespace, params: dict[str, Any], context: Distr
             if args.stage == "fine":  # the DNN has no K; the ablation logs one nested run per K at evaluation
                 mlflow.log_param("k", phase.k)
             mlflow.log_artifact(str(args.params))
+            log_split_inputs(args.dataset, splits)
         if tracked and coarse is not None:
             log_phase("coarse", phase_params(coarse["phase"], coarse["model_args"], seed, coarse["device"],
                                              coarse.get("world_size", 1)),
@@ -170,13 +169,23 @@ def train_stage(args: argparse.Namespace, params: dict[str, Any], context: Distr
             device=result.device, world_size=context.world_size, mlflow_run_id=parent.info.run_id if tracked else "",
         ))
         write_json(args.history, result.history)
-        if args.stage == "fine" and settings.input_kind == "text":  # no pyfunc for text yet: the files to rebuild it
-            for path in (args.out, args.data_dir / "features.json", args.data_dir / "encoder.json"):
-                mlflow.log_artifact(str(path), artifact_path="model")
-        elif args.stage == "fine":
-            example = load_split(args.data_dir / "validation.npz").x[:2, 0]  # (2, 28, 28)
-            info = log_pyfunc_model(args.out, args.data_dir / "features.json", tracking["registered_model"], example)
-            log.info("logged and registered %s as %s", info.model_uri, tracking["registered_model"])
+        if args.stage == "fine":
+            register_fine_model(args, settings, parent.info.run_id, splits["validation"][1])
+
+
+def register_fine_model(args: argparse.Namespace, settings: DatasetSettings, run_id: str, validation) -> None:
+    """Log the fine checkpoint as a pyfunc in run ``run_id``, register it as ``ngsll-<dataset>`` and tag the
+    version with the dataset, K, git commit and DVC data hash (the last two from the run's context tags)."""
+    name = settings.tracking["registered_model"]
+    text = settings.input_kind == "text"
+    example = validation.texts[:2] if text else validation.x[:2, 0]  # two sentences or (2, H, W) images
+    info = log_pyfunc_model(args.out, args.data_dir / "features.json", name, example,
+                            encoder_path=args.data_dir / "encoder.json" if text else None)
+    run_tags = mlflow.get_run(run_id).data.tags  # set by the ngsll run-context plugin
+    tags = {"dataset": args.dataset, "k": args.k, "git_commit": run_tags.get("ngsll.git.commit"),
+            "dvc_data_md5": run_tags.get(f"dvc.data.{args.data_dir.as_posix()}")}
+    tag_model_version(name, info.registered_model_version, {key: value for key, value in tags.items() if value})
+    log.info("logged %s and registered it as %s version %s", info.model_uri, name, info.registered_model_version)
 
 
 if __name__ == "__main__":

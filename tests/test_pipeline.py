@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -119,6 +120,8 @@ def pipeline_repo(tmp_path_factory) -> Path:
     for name, array in fake_mnist(train=120, test=30).items():
         write_idx(data_dir / f"{IDX_FILES[name]}.gz", array)
     repo = make_repo(root, tiny_params("idx", data_dir, write_sentences(root / "reviews.csv")))
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pipeline"], repo)  # so runs and model versions name a commit
     run(["dvc", "repro"], repo)
     return repo
 
@@ -232,7 +235,7 @@ def test_mlflow_server_shows_nested_runs_baselines_and_the_registered_model(pipe
         fine_run = next(f for f, t in by_name["fine"] if t.get("mlflow.parentRunId") == parent["info"]["run_id"])
         assert {"val_accuracy", "learning_rate", "seconds_per_epoch"} <= {m["key"] for m in fine_run["data"]["metrics"]}
         models = rest(port, "registered-models/search", {"max_results": 10}, method="GET")["registered_models"]
-        assert [m["name"] for m in models] == ["ngsll-mnist"]
+        assert sorted(m["name"] for m in models) == ["ngsll-mnist", "ngsll-tiny"]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -251,6 +254,40 @@ def test_registered_model_predicts_with_its_weights(pipeline_repo: Path, monkeyp
         weights = json.loads(weights)
         assert len(weights) == k
         assert sum(w["contribution"] for w in weights) == pytest.approx(logit, abs=1e-4)
+
+
+def lock_md5(repo: Path, path: str) -> str:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return next(out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", []) if out["path"] == path)
+
+
+def test_runs_are_model_training_runs_with_dataset_inputs_and_a_champion_per_dataset(pipeline_repo: Path) -> None:
+    from mlflow import MlflowClient
+
+    from ngsll_plugins.tracking import file_md5
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    for dataset in ("mnist", "tiny"):
+        experiment = client.get_experiment_by_name(dataset)
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI opens on the runs table
+        served = torch.load(pipeline_repo / f"models/{dataset}/fine/k3.pt", weights_only=True)["mlflow_run_id"]
+        prepared = pipeline_repo / f"data/prepared/{dataset}"
+        inputs = {i.tags[0].value: i.dataset for i in client.get_run(served).inputs.dataset_inputs}
+        assert set(inputs) == {"train", "validation", "test"}
+        for context, logged in inputs.items():
+            assert logged.name == f"{dataset}-{context}" and logged.digest == file_md5(prepared / f"{context}.npz")
+        ridge = client.search_runs([experiment.experiment_id], "attributes.run_name = 'Ridge K=1'")[0]
+        assert {i.tags[0].value for i in ridge.inputs.dataset_inputs} == {"train", "test"}
+
+        name = f"ngsll-{dataset}"
+        versions = client.search_model_versions(f"name = '{name}'")
+        assert {v.tags["k"] for v in versions} == {"1", "3"}
+        champion = client.get_model_version_by_alias(name, "champion")  # the served K's latest version
+        assert champion.run_id == served and champion.tags["k"] == "3" and champion.tags["dataset"] == dataset
+        assert 0.0 <= float(champion.tags["test_accuracy"]) <= 1.0
+        assert champion.tags["dvc_data_md5"] == lock_md5(pipeline_repo, f"data/prepared/{dataset}")
+        assert len(champion.tags["git_commit"]) == 40 and run(["git", "cat-file", "-t", champion.tags["git_commit"]],
+                                                             pipeline_repo).stdout.strip() == "commit"
 
 
 @pytest.mark.parametrize(
@@ -280,7 +317,22 @@ def test_a_sentence_without_words_stops_the_text_path_at_its_gate(tmp_path) -> N
     result = run(["dvc", "repro", "evaluate_text@tiny"], repo, check=False)
     assert result.returncode != 0
     assert "validate_text (tiny) failed" in result.stderr and "column=tokens" in result.stderr
+    assert "in rows id=[60]" in result.stderr  # the failing row by id, not only its value (0 tokens)
     assert not (repo / "data/prepared/tiny").exists()
+
+
+def test_the_drop_policy_leaves_wordless_sentences_out_and_lists_them(tmp_path) -> None:
+    params = tiny_params("npz", tmp_path / "missing.npz", write_sentences(tmp_path / "reviews.csv", empty_row=True))
+    params["text"]["datasets"]["tiny"]["rows_without_words"] = "drop"
+    repo = make_repo(tmp_path, params)
+    result = run(["dvc", "repro", "validate_prepared_text@tiny"], repo)
+    assert "dropped 1 row(s) (no word token): ids [60]" in result.stderr
+    report = json.loads((repo / "reports/tiny/validation/raw.json").read_text())
+    assert report["success"] and report["dropped"]["rows"] == [{"id": 60, "value": "?!"}]
+    assert "1 row(s) dropped" in (repo / "reports/tiny/validation/raw.html").read_text()
+    ids = np.concatenate([np.load(repo / f"data/prepared/tiny/{split}.npz")["ids"]
+                          for split in ("train", "validation", "test")])
+    assert sorted(ids.tolist()) == list(range(60))  # every sentence but the dropped one
 
 
 def test_mlproject_train_entry_point_runs_an_experiment_offline(pipeline_repo: Path) -> None:
@@ -319,3 +371,50 @@ def test_distributed_switch_runs_a_dvc_training_stage_under_torchrun(pipeline_re
             "SELECT r.name, r.status FROM runs r JOIN params p ON p.run_uuid = r.run_uuid "
             "WHERE p.key = 'world_size' AND p.value = '2'").fetchall()
     assert logged == [("DNN", "FINISHED")]  # one run, from rank 0
+
+
+def test_a_stopped_training_stage_ends_its_runs_as_killed_and_leaves_no_partial_output(pipeline_repo: Path) -> None:
+    """SIGTERM to `dvc repro` and its stage (what a cancelled CI job sends its process group) mid-training;
+    then the one command that resumes."""
+    params_path = pipeline_repo / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["train"]["dnn"].update(max_epochs=100000, patience=100000)  # trains until it is stopped
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def dnn_runs() -> dict[str, str]:
+        with sqlite3.connect(pipeline_repo / "mlflow.db") as connection:
+            return dict(connection.execute("SELECT run_uuid, status FROM runs WHERE name = 'DNN'").fetchall())
+
+    before = set(dnn_runs())
+    process = subprocess.Popen(["dvc", "repro", "train_dnn"], cwd=pipeline_repo, env=environment(pipeline_repo),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not [status for run_id, status in dnn_runs().items() if run_id not in before]:
+            assert process.poll() is None and time.monotonic() < deadline, "the DNN run never started"
+            time.sleep(0.2)
+        time.sleep(1.0)  # some epochs into training
+        os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=60)
+        while "RUNNING" in (new := {r: s for r, s in dnn_runs().items() if r not in before}).values():
+            assert time.monotonic() < deadline + 60, "the stopped stage left its run RUNNING"
+            time.sleep(0.2)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0
+    ((run_id, status),) = new.items()
+    assert status == "KILLED"
+    from mlflow import MlflowClient
+
+    tags = MlflowClient(tracking_uri=f"sqlite:///{pipeline_repo / 'mlflow.db'}").get_run(run_id).data.tags
+    assert tags["ngsll.stop_reason"] == "stopped by SIGTERM"
+    assert not (pipeline_repo / "models/mnist/dnn.pt").exists()  # DVC removed it before the stage ran
+    assert not list(pipeline_repo.rglob("*.partial"))  # and the stage left no half-written file
+    assert "train_dnn" in json.loads(run(["dvc", "status", "--json"], pipeline_repo).stdout)
+
+    params_path.write_text(original)
+    run(["dvc", "repro"], pipeline_repo)  # the one command that resumes
+    assert (pipeline_repo / "models/mnist/dnn.pt").exists()
+    assert "up to date" in run(["dvc", "repro"], pipeline_repo).stdout

@@ -1,17 +1,26 @@
 """MLflow glue shared by the pipeline stages.
 
+* :func:`end_runs_on_signal`: SIGTERM / SIGINT end the stage's open runs as KILLED (or FAILED) with the
+  reason as the tag ``ngsll.stop_reason``, instead of leaving them RUNNING.
 * :func:`configure`: tracking URI from ``MLFLOW_TRACKING_URI``, else ``sqlite:///<repo>/mlflow.db`` with
   artifacts in ``<repo>/mlartifacts``; telemetry off unless the user turned it on; one experiment per
-  dataset.
+  dataset, created as a model-training experiment (the UI opens it on the runs table).
 * :func:`log_phase`: a child run per training phase (params, per-epoch metrics, device).
+* :func:`log_split_inputs`: the prepared splits a run read, as MLflow dataset inputs (the runs table's
+  Dataset column) whose digest is the split file's DVC hash.
 * :func:`log_pyfunc_model`: the fine model as a pyfunc whose ``predict`` returns the top-K weights,
-  registered in the model registry.
+  registered in the model registry; :func:`tag_model_version`, :func:`run_model_version` and
+  :func:`set_champion` describe and promote its registered versions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable
+import signal
+import sys
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +31,42 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from ngsll_plugins import NGSLL_METADATA_KEY  # noqa: E402
+
 # `mlflow run` exports MLFLOW_RUN_ID so the command logs into its run; the stages instead open their own
 # runs nested under it (see :func:`start_run`), so the launcher's id is taken out of the environment.
 _launcher_run_id: str | None = None
 
+# MLflow 3's UI opens an experiment on the GenAI overview unless it is tagged as model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+CHAMPION = "champion"  # the alias of the served version: models:/ngsll-<dataset>@champion
+
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "scikit-learn", "pyyaml", "tqdm", "matplotlib"]
+
+
+STOP_REASON_TAG = "ngsll.stop_reason"
+
+
+def end_runs_on_signal(status: str = "KILLED", reason: str = "stopped by {signal}") -> None:
+    """From now on SIGTERM and SIGINT end every open MLflow run of this process, then exit.
+
+    Each open run (innermost first) gets the tag ``ngsll.stop_reason`` = ``reason`` (``{signal}`` is replaced
+    by the signal's name) and ends with ``status``; the process then exits with status 128 + the signal
+    number through ``SystemExit``, so ``finally`` blocks (temporary files) still run.
+    """
+    def stop(signum: int, frame: Any) -> None:
+        message = reason.format(signal=signal.Signals(signum).name)
+        while (run := mlflow.active_run()) is not None:
+            try:
+                mlflow.MlflowClient().set_tag(run.info.run_id, STOP_REASON_TAG, message)
+            finally:
+                mlflow.end_run(status=status)
+        print(f"{message}: open MLflow runs ended as {status}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum) from None
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
 
 
 def tracking_uri(root: Path) -> str:
@@ -44,9 +84,12 @@ def configure(experiment: str, root: Path | None = None) -> str:
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
+        if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:  # a store made before the tag existed
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     else:
         location = (root / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite") else None
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -118,6 +161,50 @@ def log_phase(
         return run.info.run_id
 
 
+def file_md5(path: Path) -> str:
+    """The MD5 of a file's bytes: the hash DVC records for it (inside a ``.dir`` output too)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def log_split_inputs(dataset: str, splits: Mapping[str, tuple[Path, Any]]) -> None:
+    """Log prepared splits to the active run as MLflow dataset inputs.
+
+    ``splits``: context (``train``, ``validation``, ``test``) -> (the split's ``.npz`` file, the loaded
+    split with ``x``, ``z``, ``y``). Each becomes the dataset ``<dataset>-<context>`` with the file's DVC
+    hash as digest (the same file gives the same digest in every run) and the context as input tag.
+    """
+    for context, (path, split) in splits.items():
+        with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so each time
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            logged = mlflow.data.from_numpy(
+                {"x": split.x, "z": split.z}, targets=split.y, source=str(Path(path).resolve()),
+                name=f"{dataset}-{context}", digest=file_md5(Path(path)),
+            )
+        mlflow.log_input(logged, context=context)
+
+
+def run_model_version(name: str, run_id: str) -> str | None:
+    """The version of registered model ``name`` logged by run ``run_id`` (None if it registered none)."""
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return max((v.version for v in versions), key=int, default=None)
+
+
+def tag_model_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    """Set ``tags`` (values as strings) on one registered model version."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def set_champion(name: str, version: str) -> None:
+    """Point the ``champion`` alias of registered model ``name`` at ``version`` (the served one)."""
+    mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+
+
 def log_pyfunc_model(
     checkpoint_path: Path, features_path: Path, registered_name: str | None, example: np.ndarray | list[str],
     encoder_path: Path | None = None,
@@ -140,6 +227,10 @@ def log_pyfunc_model(
     if not isinstance(example, np.ndarray):
         example = pd.DataFrame({"text": list(example)})
     signature = infer_signature(example, model.predict(None, example))
+    service = model.service
+    metadata = {NGSLL_METADATA_KEY: {"input_kind": service.model.args.input_kind, "task": service.model.args.task,
+                                     "k": service.model.args.k, "class_names": service.class_names,
+                                     "num_features": len(service.feature_names)}}
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=model,
@@ -148,5 +239,6 @@ def log_pyfunc_model(
         signature=signature,
         input_example=example,
         pip_requirements=PIP_REQUIREMENTS,
+        metadata=metadata,
         registered_model_name=registered_name,
     )

@@ -30,8 +30,9 @@ class DatasetSettings:
     """The params sections that describe one dataset's pipeline.
 
     MNIST reads the top-level ``data``, ``model``, ``train`` and ``tracking`` sections; a text dataset
-    ``<name>`` reads ``text.datasets.<name>`` (plus ``text.representation``), ``text.model`` and
-    ``text.train``, and its own ``experiment`` / ``registered_model``.
+    ``<name>`` reads ``text.datasets.<name>`` (over ``text.representation`` and ``text.quality``),
+    ``text.model`` and ``text.train``, and its own ``experiment`` / ``registered_model`` (default: the dataset's name and
+    ``ngsll-<name>``).
     """
 
     name: str
@@ -55,8 +56,10 @@ def dataset_settings(params: dict[str, Any], dataset: str = "mnist") -> DatasetS
     if dataset not in text_dataset_names(params):
         raise ConfigError(f"unknown dataset {dataset!r}; configured: {['mnist', *text_dataset_names(params)]}")
     data = section(params, "text", "datasets", dataset)
-    tracking = {"experiment": data.get("experiment", dataset), "registered_model": data.get("registered_model", "")}
-    return DatasetSettings(dataset, "text", {**section(params, "text", "representation"), **data},
+    tracking = {"experiment": data.get("experiment", dataset),
+                "registered_model": data.get("registered_model", f"ngsll-{dataset}")}
+    defaults = {**section(params, "text", "representation"), **(params["text"].get("quality") or {})}
+    return DatasetSettings(dataset, "text", {**defaults, **data},
                            section(params, "text", "model"), section(params, "text", "train"), tracking)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ngsll.errors import NGSLLError
+from ngsll.errors import ConfigError, NGSLLError
 
 # One check: (GX expectation class name, keyword arguments).
 Check = tuple[str, dict[str, Any]]
@@ -74,6 +74,20 @@ def raw_text_frame(corpus: pd.DataFrame) -> pd.DataFrame:
         "characters": texts.str.len(),
         "tokens": [len(tokenize(text)) for text in texts],
     })
+
+
+ROW_POLICIES = ("fail", "drop")
+
+
+def rows_to_drop(frame: pd.DataFrame, column: str, minimum: float, policy: str) -> pd.DataFrame:
+    """The rows of ``frame`` whose ``column`` is below ``minimum`` when ``policy`` is ``drop``, else none.
+
+    ``policy``: ``fail`` (the gate's expectation fails on such rows) or ``drop`` (they are removed before
+    the expectations run, and the caller reports them).
+    """
+    if policy not in ROW_POLICIES:
+        raise ConfigError(f"a row policy must be one of {ROW_POLICIES}, got {policy!r}")
+    return frame[frame[column] < minimum] if policy == "drop" else frame.iloc[:0]
 
 
 def raw_text_checks(num_classes: int, min_rows: int, max_rows: int) -> list[Check]:
@@ -187,7 +201,9 @@ def _observed(result: dict[str, Any]) -> str:
         return f"{result['observed_value']}"
     if "unexpected_count" in result:
         sample = result.get("partial_unexpected_list", [])[:5]
-        return f"{result['unexpected_count']} unexpected of {result.get('element_count')}, e.g. {sample}"
+        observed = f"{result['unexpected_count']} unexpected of {result.get('element_count')}, e.g. {sample}"
+        rows = [row["id"] for row in result.get("partial_unexpected_index_list") or [] if "id" in row][:10]
+        return observed + (f" in rows id={rows}" if rows else "")
     return ""
 
 
@@ -205,6 +221,9 @@ def run_checks(batches: dict[str, tuple[pd.DataFrame, list[Check]]], suite_name:
     source = context.data_sources.add_pandas(name=f"{suite_name}_source")
     report = QualityReport(success=True)
     for batch_name, (frame, checks) in batches.items():
+        # Name failing rows by id (not only by value) wherever the table has one.
+        result_format = {"result_format": "SUMMARY", **({"unexpected_index_column_names": ["id"]}
+                                                        if "id" in frame.columns else {})}
         definition = source.add_dataframe_asset(name=batch_name).add_batch_definition_whole_dataframe(batch_name)
         suite = context.suites.add(gx.ExpectationSuite(name=f"{suite_name}_{batch_name}"))
         for expectation, kwargs in checks:
@@ -212,7 +231,7 @@ def run_checks(batches: dict[str, tuple[pd.DataFrame, list[Check]]], suite_name:
         validation = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{suite_name}_{batch_name}", data=definition, suite=suite)
         )
-        result = validation.run(batch_parameters={"dataframe": frame}).to_json_dict()
+        result = validation.run(batch_parameters={"dataframe": frame}, result_format=result_format).to_json_dict()
         report.results[batch_name] = result
         for item in result["results"]:
             if not item["success"]:

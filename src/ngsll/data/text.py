@@ -52,6 +52,15 @@ class TextCorpus:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def without(self, ids: np.ndarray | list[int]) -> TextCorpus:
+        """The corpus minus the rows whose id is in ``ids`` (e.g. rows a quality gate dropped), order kept."""
+        keep = ~np.isin(self.ids, np.asarray(ids, dtype=np.int64))  # (N,)
+        return TextCorpus(
+            texts=[text for text, kept in zip(self.texts, keep) if kept], labels=self.labels[keep],
+            class_names=self.class_names, ids=self.ids[keep],
+            official_split=None if self.official_split is None else self.official_split[keep],
+        )
+
     def frame(self) -> pd.DataFrame:
         """One row per sentence: ``id, text, label, label_name, split`` (split empty without an official one)."""
         split = self.official_split if self.official_split is not None else np.full(len(self), "")

