@@ -5,7 +5,7 @@ checkpoint packaged as the archive's serialized file (``weights_only=True``), ``
 and class names) and, for text models, ``encoder.json`` (the vocabularies); the checkpoint's
 ``model_args.input_kind`` decides between the image and the text service. Per batch the handler hands the
 request bodies to the service and writes back JSON with per-request status codes, so a bad request gets a
-400 while the rest of its batch is answered normally. ``/explanations/{model}`` and
+400 (413 for a body over the size limit) while the rest of its batch is answered normally. ``/explanations/{model}`` and
 ``/v1/models/{model}:explain`` requests (header ``explain: True``) also get every class's weight on the
 selected features and the 7x7 weight map (images) or every token's weight (text).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from http import HTTPStatus
 from typing import Any
 
 import torch
@@ -50,5 +51,5 @@ class NGSLLHandler(BaseHandler):
         for index, (status, _) in enumerate(responses):
             context.set_response_header(index, "Content-Type", "application/json")
             if status != 200:
-                context.set_response_status(status, "Bad Request", idx=index)
+                context.set_response_status(status, HTTPStatus(status).phrase, idx=index)
         return [json.dumps(payload) for _, payload in responses]

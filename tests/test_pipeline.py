@@ -80,6 +80,8 @@ def tiny_params(source: str, data_path: Path, sentences: Path) -> dict:
     params["baselines"]["cv_folds"] = 2
     params["evaluate"].update(timing_samples=16, single_samples=4, figure_digits_per_class=1)
     params["serve"]["k"] = 3
+    inference, management, metrics = free_ports(3)  # `make serve` in a test must not need 8080-8082 free
+    params["serve"].update(inference_port=inference, management_port=management, metrics_port=metrics)
     text = params["text"]
     text["run"] = ["tiny"]
     text["datasets"] = {"tiny": {
@@ -246,7 +248,7 @@ def test_registered_model_predicts_with_its_weights(pipeline_repo: Path, monkeyp
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{pipeline_repo / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model("models:/ngsll-mnist/latest")
+    model = mlflow.pyfunc.load_model("models:/ngsll-mnist@champion")
     pixels = np.random.default_rng(0).uniform(size=(3, 28, 28)).astype(np.float32)
     answer = model.predict(pixels)
     assert list(answer.columns) == ["label", "class_index", "probability", "logit", "k", "weights"]
@@ -288,6 +290,40 @@ def test_runs_are_model_training_runs_with_dataset_inputs_and_a_champion_per_dat
         assert champion.tags["dvc_data_md5"] == lock_md5(pipeline_repo, f"data/prepared/{dataset}")
         assert len(champion.tags["git_commit"]) == 40 and run(["git", "cat-file", "-t", champion.tags["git_commit"]],
                                                              pipeline_repo).stdout.strip() == "commit"
+
+
+def test_make_serve_serves_a_registry_alias_with_the_packaged_config(pipeline_repo: Path) -> None:
+    """`make serve MODEL=models:/ngsll-mnist@champion`: the archive is built from the registry, not the package."""
+    from mlflow import MlflowClient
+
+    from ngsll_plugins.torchserve import read_properties
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("ngsll-mnist", "champion")
+    k1 = next(v for v in client.search_model_versions("name = 'ngsll-mnist'") if v.tags["k"] == "1")
+    client.set_registered_model_alias("ngsll-mnist", "champion", k1.version)  # the package serves K = 3
+    serve_dir = pipeline_repo / "models/mnist/serve"
+    command = [sys.executable, "-m", "ngsll_plugins.serve"]
+    try:
+        started = subprocess.run([*command, "start", str(serve_dir), "--model-uri", "models:/ngsll-mnist@champion"],
+                                 cwd=pipeline_repo, env=environment(pipeline_repo), capture_output=True, text=True,
+                                 timeout=240)
+        assert started.returncode == 0, started.stderr[-3000:]
+        assert "models:/ngsll-mnist@champion" in started.stdout and "curl" in started.stdout
+        assert (serve_dir / "run/model-store/ngsll-mnist.mar").is_file()
+        token = json.loads((serve_dir / "run/key_file.json").read_text())["inference"]["key"]
+        url = read_properties(serve_dir / "config/config.properties")["inference_address"]
+        digit = (serve_dir / "sample_digit.png").read_bytes()
+        request = urllib.request.Request(f"{url}/predictions/ngsll-mnist", data=digit,
+                                         headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+        assert answer["k"] == 1 and len(answer["weights"]) == 1  # the alias's model, not the packaged K = 3
+        assert sum(w["contribution"] for w in answer["weights"]) == pytest.approx(answer["logit"], abs=1e-4)
+    finally:
+        subprocess.run([*command, "stop", str(serve_dir)], cwd=pipeline_repo, env=environment(pipeline_repo),
+                       capture_output=True, timeout=120)
+        client.set_registered_model_alias("ngsll-mnist", "champion", champion.version)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from PIL import Image
 
 from conftest import tiny_args
 from ngsll import build_model
-from ngsll.serving import ImageService, RequestError
+from ngsll.serving import DEFAULT_MAX_PIXELS, ImageService, RequestError
 from ngsll.simplify import cell_names
 
 CLASSES = ["0-4", "5-9"]
@@ -141,7 +143,6 @@ def test_explanations_add_class_weights_and_the_weight_map(service: ImageService
         (b'{"image": ' + json.dumps(np.full((28, 28), 300.0).tolist()).encode() + b"}", "0-255"),
         (b'{"instances": []}', "non-empty"),
         (b"{broken json", "not valid JSON"),
-        (b"\x89PNG" + b"\x00" * (2 << 20), "limit"),
     ],
 )
 def test_bad_requests_are_named_400s(service: ImageService, body: bytes, message: str) -> None:
@@ -150,3 +151,32 @@ def test_bad_requests_are_named_400s(service: ImageService, body: bytes, message
     assert message in payload["error"] and "PNG or JPEG" in payload["accepted"]
     with pytest.raises(RequestError):
         service.decode(body)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` 8-bit grey pixels, with almost no pixel data: what a
+    decompression bomb looks like to a server before it decodes (a few hundred bytes, gigabytes decoded)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [5000, 12000, 16000, 60000])
+def test_images_beyond_the_pixel_limit_are_400s_read_from_the_header(service: ImageService, side: int) -> None:
+    body = png_header(side, side)
+    assert len(body) < 1000
+    (status, payload), (good, _) = service.respond([body, png_bytes(digit())])
+    assert status == 400 and f"the limit is {DEFAULT_MAX_PIXELS} pixels" in payload["error"] and good == 200
+    assert f"at most {DEFAULT_MAX_PIXELS} pixels" in payload["accepted"]
+
+
+def test_an_image_at_the_pixel_limit_is_decoded_and_a_body_over_the_size_limit_is_a_413(service: ImageService) -> None:
+    small = ImageService(service.model, service.feature_names, service.class_names, max_pixels=64 * 64)
+    at_limit = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(at_limit, format="PNG")
+    assert small.respond([at_limit.getvalue()])[0][0] == 200
+    assert small.respond([png_header(65, 64)])[0][0] == 400
+    status, payload = service.respond([b"\x89PNG" + b"\x00" * (2 << 20)])[0]
+    assert status == 413 and "the limit is 1048576" in payload["error"]

@@ -315,3 +315,51 @@ def test_mlflow_deployment_plugin_serves_a_registered_text_model(server: Server,
         assert [entry["token"] for entry in explained["token_weights"]][-1] == "film"
     finally:
         client.delete_deployment("ngsll-text-deploy")
+
+
+def worker_pids(config: ServerConfig) -> list[int]:
+    """Process ids of the Python workers of the server started with ``config`` (their Unix socket names)."""
+    sockets = {f"/tmp/.ts.sock.{config.worker_port + offset}".encode() for offset in range(10)}
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            arguments = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and sockets & set(arguments):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_worker_costs_a_retrying_client_nothing(server: Server) -> None:
+    """TorchServe fails the in-flight batch of a dying worker with 507 and answers 503 until the restart;
+    the project's client retries those (idempotent) predictions with bounded backoff."""
+    import os
+    import signal
+
+    client = TorchServeClient(server.client.inference_url, server.client.management_url, timeout=30)
+    body = json.dumps({"image": digit(2).tolist()}).encode()
+    check_invariant(client.predict("ngsll", body))
+    pids = worker_pids(server.config)
+    assert pids, "no worker process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(10):  # straight after the kill: no worker until the frontend restarts one
+        check_invariant(client.predict("ngsll", body))
+    assert set(worker_pids(server.config)).isdisjoint(pids)  # answered by restarted workers
+
+
+@pytest.mark.parametrize(("megabytes", "answered"), [(2, True), (10, True), (50, False)])
+def test_oversized_bodies_get_a_413_up_to_the_frontend_limit_and_never_hurt_the_worker(
+        server: Server, megabytes: int, answered: bool) -> None:
+    """What a client sees (the production ServerConfig's max_request_size, 16 MiB): a 413 JSON answer from
+    the handler up to it; beyond it TorchServe's frontend drops the connection without an HTTP answer."""
+    body = b"\x89PNG" + b"\x00" * (megabytes << 20)
+    url = f"{server.client.inference_url}/predictions/ngsll"
+    if answered:
+        status, payload = post(url, body, "image/png")
+        assert status == 413 and "the limit is 1048576" in payload["error"]
+    else:
+        with pytest.raises(OSError):  # connection reset / broken pipe: no status line comes back
+            post(url, body, "image/png")
+    assert post(url, json.dumps({"image": digit().tolist()}).encode())[0] == 200  # the worker is fine

@@ -86,6 +86,9 @@ class ServerConfig:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"mar", "batch_size", ...}
     extra: dict[str, str] = field(default_factory=dict)
     snapshot: bool = False  # list the models as a `model_snapshot` (what KServe's wrapper reads) instead
+    # Bodies up to this size reach the handler, which answers 413 JSON past its own 1 MiB limit; beyond it the
+    # frontend drops the connection without an HTTP answer (TorchServe's default is 6.5 MB).
+    max_request_size: int = 16 << 20
 
     def properties(self) -> str:
         lines = [
@@ -101,6 +104,7 @@ class ServerConfig:
             "metrics_mode=prometheus",
             "default_workers_per_model=1",
             f"initial_worker_port={self.worker_port}",
+            f"max_request_size={self.max_request_size}",
         ]
         versions = {
             name: {"1.0": {
@@ -156,15 +160,25 @@ class TorchServeError(RuntimeError):
         self.status, self.body = status, body
 
 
+RETRIED_STATUSES = (503, 507)  # TorchServe: no worker free / the worker died with the batch in flight
+
+
 @dataclass
 class TorchServeClient:
-    """Inference and management calls; tokens (if the server requires them) go in as Bearer headers."""
+    """Inference and management calls; tokens (if the server requires them) go in as Bearer headers.
+
+    Predictions and explanations are idempotent: an answer of 503 or 507 (a worker restarting after a
+    crash) is retried up to ``retries`` times with exponential backoff from ``backoff_s`` (0.1, 0.2, 0.4 s
+    ...), so a client waits at most about ``backoff_s * 2**retries`` seconds longer; the last answer is raised.
+    """
 
     inference_url: str = "http://127.0.0.1:8080"
     management_url: str = "http://127.0.0.1:8081"
     inference_token: str | None = None
     management_token: str | None = None
     timeout: float = 60.0
+    retries: int = 5
+    backoff_s: float = 0.1
 
     @classmethod
     def from_key_file(cls, key_file: Path, **urls: str) -> TorchServeClient:
@@ -190,11 +204,21 @@ class TorchServeClient:
             raise TorchServeError(status, payload, url)
         return status, payload
 
+    def _idempotent(self, url: str, body: bytes, content_type: str) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return self._call("POST", url, self.inference_token, body, content_type)[1]
+            except TorchServeError as error:
+                if error.status not in RETRIED_STATUSES or attempt == self.retries:
+                    raise
+                time.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
     def predict(self, name: str, body: bytes, content_type: str = "application/json") -> Any:
-        return self._call("POST", f"{self.inference_url}/predictions/{name}", self.inference_token, body, content_type)[1]
+        return self._idempotent(f"{self.inference_url}/predictions/{name}", body, content_type)
 
     def explain(self, name: str, body: bytes, content_type: str = "application/json") -> Any:
-        return self._call("POST", f"{self.inference_url}/explanations/{name}", self.inference_token, body, content_type)[1]
+        return self._idempotent(f"{self.inference_url}/explanations/{name}", body, content_type)
 
     def health(self) -> bool:
         try:

@@ -8,8 +8,9 @@ out, one ``(status, payload)`` per request. Bad requests raise :class:`RequestEr
 ``model_args.input_kind``).
 
 Accepted request bodies for image models (:class:`ImageService`):
-    * raw PNG/JPEG bytes of any size: converted to 8-bit grayscale, resized to 28x28 and, when the
-      background is light (mean above mid-grey), inverted so ink is bright as in MNIST;
+    * raw PNG/JPEG bytes of any size up to ``max_pixels`` (read from the image header before anything is
+      decoded, so a decompression bomb costs nothing): converted to 8-bit grayscale, resized to 28x28 and,
+      when the background is light (mean above mid-grey), inverted so ink is bright as in MNIST;
     * JSON ``{"image": 28x28 nested list}`` with values in 0-1 or 0-255;
     * the KServe v1 envelope ``{"instances": [...]}`` whose items are either of the two above
       (a PNG/JPEG as ``{"b64": "..."}``) or a bare 28x28 list; it is answered as ``{"predictions": [...]}``.
@@ -44,8 +45,8 @@ from ngsll.simplify import image_inputs
 from ngsll.text import TextEncoder, tokenize
 
 ACCEPTED_IMAGE = (
-    "PNG or JPEG bytes; JSON {\"image\": 28x28 nested list of numbers in 0-1 or 0-255}; or the KServe v1 "
-    "envelope {\"instances\": [...]} of such images (PNG/JPEG as {\"b64\": ...})"
+    "PNG or JPEG bytes (at most {max_pixels} pixels); JSON {{\"image\": 28x28 nested list of numbers in 0-1 or "
+    "0-255}}; or the KServe v1 envelope {{\"instances\": [...]}} of such images (PNG/JPEG as {{\"b64\": ...}})"
 )
 ACCEPTED_TEXT = (
     "a UTF-8 sentence as the raw body; JSON {\"text\": \"...\"}; or the KServe v1 envelope "
@@ -53,20 +54,23 @@ ACCEPTED_TEXT = (
 )
 DEFAULT_MAX_BYTES = 1 << 20
 DEFAULT_MAX_INSTANCES = 256
+# 16.8 megapixels (a 4096 x 4096 photo): the largest image decoded. A larger one is refused from its header.
+DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 EXPLANATION_FIELDS = ("class_weights", "weight_map", "token_weights")
 
 
 class RequestError(NGSLLError, ValueError):
-    """A request the service cannot answer; maps to HTTP 400 with :meth:`payload` as the body.
+    """A request the service cannot answer; maps to HTTP ``status`` (400, or 413 for a body over the size
+    limit) with :meth:`payload` as the body.
 
     ``accepted`` (what the service takes) is filled in by the service that raised it when not given.
     """
 
-    def __init__(self, error: str, accepted: str | None = None) -> None:
+    def __init__(self, error: str, accepted: str | None = None, status: int = 400) -> None:
         super().__init__(error)
-        self.error, self.accepted = error, accepted
+        self.error, self.accepted, self.status = error, accepted, status
 
     def payload(self) -> dict[str, str]:
         return {"error": self.error, "accepted": self.accepted or ""}
@@ -126,7 +130,7 @@ class Service(ABC):
         if body is None or (isinstance(body, (bytes, bytearray, str)) and len(body) == 0):
             raise RequestError("the request body is empty")
         if isinstance(body, (bytes, bytearray, str)) and len(body) > self.max_bytes:
-            raise RequestError(f"the request body has {len(body)} bytes; the limit is {self.max_bytes}")
+            raise RequestError(f"the request body has {len(body)} bytes; the limit is {self.max_bytes}", status=413)
         if isinstance(body, (bytes, bytearray, str)):
             raw = body.encode() if isinstance(body, str) else bytes(body)
             if raw.lstrip()[:1] not in (b"{", b"["):
@@ -161,7 +165,7 @@ class Service(ABC):
         """Answer a batch of requests: one forward pass for all good ones; ``(status, payload)`` each.
 
         ``explain[i]`` asks for the explanation fields on request i (default: none). A bad request gets
-        ``(400, {"error", "accepted"})`` and never affects the others.
+        ``(400, {"error", "accepted"})`` (413 for a body over ``max_bytes``) and never affects the others.
         """
         explain = explain or [False] * len(bodies)
         decoded: list[DecodedRequest | RequestError] = []
@@ -175,7 +179,7 @@ class Service(ABC):
         responses: list[tuple[int, Any]] = []
         for item, wants_explanation in zip(decoded, explain):
             if isinstance(item, RequestError):
-                responses.append((400, item.payload()))
+                responses.append((item.status, item.payload()))
                 continue
             mine = [next(answers) for _ in range(len(item))]
             if not wants_explanation:
@@ -211,22 +215,24 @@ class Service(ABC):
 class ImageService(Service):
     """Serve an image NGSLL model: every answer carries its top-K weights over the 7x7 cells.
 
-    Takes the arguments of :class:`Service`; ``feature_names`` are the cell names (``r3c4``).
+    Takes the arguments of :class:`Service`; ``feature_names`` are the cell names (``r3c4``), and
+    ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`) is the largest PNG/JPEG (width x height) decoded.
     """
 
-    accepted = ACCEPTED_IMAGE
-
     def __init__(
-        self, model: NGSLL, feature_names: list[str], class_names: list[str], max_bytes: int = DEFAULT_MAX_BYTES
+        self, model: NGSLL, feature_names: list[str], class_names: list[str], max_bytes: int = DEFAULT_MAX_BYTES,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__(model, feature_names, class_names, max_bytes)
         if model.args.input_kind != "image":
             raise ConfigError(f"ImageService serves image models; this one reads {model.args.input_kind}")
         self.side = model.args.image_size
         self.cells = int(round(len(self.feature_names) ** 0.5))
+        self.max_pixels = max_pixels
+        self.accepted = ACCEPTED_IMAGE.format(max_pixels=max_pixels)
 
     def _raw(self, body: bytes) -> np.ndarray:
-        return _image_from_bytes(body, self.side)
+        return _image_from_bytes(body, self.side, self.max_pixels)
 
     def _instance(self, item: Any) -> np.ndarray:
         if isinstance(item, dict) and "image" in item:
@@ -236,7 +242,7 @@ class ImageService(Service):
                 raw = base64.b64decode(item["b64"], validate=True)
             except (binascii.Error, TypeError, ValueError) as error:
                 raise RequestError(f"\"b64\" is not valid base64 ({error})") from error
-            return _image_from_bytes(raw, self.side)
+            return _image_from_bytes(raw, self.side, self.max_pixels)
         if isinstance(item, list):
             return _image_from_list(item, self.side)
         raise RequestError("a JSON request must be {\"image\": [[...]]}, {\"b64\": ...} or {\"instances\": [...]}")
@@ -357,17 +363,23 @@ def _sentence(text: Any) -> str:
     return text
 
 
-def _image_from_bytes(body: bytes, side: int) -> np.ndarray:
+def _image_from_bytes(body: bytes, side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(body)) as picture:
+        with Image.open(io.BytesIO(body)) as picture:  # reads the header only; pixels are decoded by convert()
             if picture.format not in ("PNG", "JPEG"):
                 raise RequestError(f"images must be PNG or JPEG, got {picture.format}")
+            width, height = picture.size
+            if width * height > max_pixels:
+                raise RequestError(f"the image is {width}x{height} = {width * height} pixels; the limit is "
+                                   f"{max_pixels} pixels")
             gray = picture.convert("L").resize((side, side), Image.Resampling.BILINEAR)
             pixels = np.asarray(gray, dtype=np.float32) / 255.0  # (side, side)
     except RequestError:
         raise
+    except Image.DecompressionBombError as error:  # PIL's own guard fires in open() beyond ~179 megapixels
+        raise RequestError(f"the image is a decompression bomb ({error}); the limit is {max_pixels} pixels") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise RequestError(f"the body is not a readable PNG/JPEG image ({error})") from error
     if pixels.mean() > 0.5:  # dark ink on a light background: MNIST has bright ink on black
