@@ -83,3 +83,34 @@ def test_k_above_d_is_refused() -> None:
 def test_invalid_tau_is_refused(bad) -> None:
     with pytest.raises(ConfigError, match="tau"):
         validate_tau(bad)
+
+
+def first_draws(scores: torch.Tensor, tau: float, samples: int, seed: int = 0) -> torch.Tensor:
+    """(samples, d) first-draw gates of the training gate (K = 1) for one row of ``scores`` (w^2)."""
+    log_pi = torch.log_softmax(scores, dim=-1).expand(samples, -1)  # (N, d)
+    mask = torch.zeros_like(log_pi, dtype=torch.bool)
+    return gumbel_gate(log_pi, mask, k=1, tau=tau, generator=torch.Generator().manual_seed(seed))
+
+
+def test_training_gate_first_picks_follow_softmax_of_squared_weights_at_tau_1() -> None:
+    """Gumbel-max: the first draw picks feature i with probability softmax(w^2)_i. Without the Gumbel noise
+    the top feature would win every time."""
+    weights = torch.tensor([1.2, 0.3, 1.0, 0.0, 0.8])
+    scores = weights**2  # (d,)
+    samples = 40_000
+    gate = first_draws(scores, tau=1.0, samples=samples)
+    frequency = torch.bincount(gate.argmax(dim=1), minlength=5).double() / samples  # (d,)
+    expected = torch.softmax(scores.double(), dim=0)
+    tolerance = 4 * torch.sqrt(expected * (1 - expected) / samples)  # four binomial standard errors
+    assert torch.all((frequency - expected).abs() <= tolerance), (frequency, expected)
+    assert frequency.max() < 0.4  # no single feature dominates: the draws are random
+
+
+def test_training_gate_temperature_sets_how_one_hot_each_draw_is() -> None:
+    """At tau = 1 a draw spreads over features; at small tau it is (nearly) one-hot on the picked feature.
+    A gate that ignored tau would give the same spread at both."""
+    scores = torch.tensor([1.44, 0.09, 1.0, 0.0, 0.64])
+    soft, sharp = (first_draws(scores, tau=tau, samples=5_000, seed=1) for tau in (1.0, 0.05))
+    assert soft.max(dim=1).values.mean() < 0.8
+    assert sharp.max(dim=1).values.mean() > 0.97
+    assert torch.allclose(sharp.sum(dim=1), torch.ones(5_000), atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import tiny_args
@@ -54,3 +55,20 @@ def test_training_is_repeatable_with_a_seed() -> None:
         results.append(([row["val_loss"] for row in history], model.generator.head[-1].weight.clone()))
     assert results[0][0] == results[1][0]
     assert torch.equal(results[0][1], results[1][1])
+
+
+def test_the_fine_phase_runs_at_lr_ratio_times_the_coarse_final_lr() -> None:
+    """The paper's fine phase: momentum SGD at a tenth of Adam's final learning rate (after its decays)."""
+    from ngsll.config import fine_phase
+
+    data = TensorData.from_arrays(*context_flip_problem(128, seed=3))
+    coarse_final_lr = 0.0123  # what the coarse checkpoint recorded as its last learning rate
+    train = {"batch_size": 32,
+             "fine": {"tau": 0.1, "optimizer": "sgd", "momentum": 0.9, "lr_ratio": 0.1, "max_epochs": 1, "patience": 1}}
+    phase = fine_phase(train, k=1, coarse_final_lr=coarse_final_lr)
+    assert phase.lr == pytest.approx(0.1 * coarse_final_lr) and phase.optimizer == "sgd" and phase.tau == 0.1
+    torch.manual_seed(0)
+    model = build_model(tiny_args(num_features=3, k=2))
+    model.set_gate(phase.k, phase.tau)
+    fine = train_phase(model, data, data, phase, seed=0, progress=False)
+    assert fine.history[0]["lr"] == pytest.approx(0.1 * coarse_final_lr)  # the optimizer really ran at it

@@ -127,3 +127,13 @@ def test_dnn_outputs_class_logits(tiny_batch) -> None:
     model = build_model(tiny_args(kind="dnn", task="multiclass", num_classes=3))
     assert isinstance(model, DNNClassifier) and not isinstance(model, NGSLL)
     assert model(tiny_batch[0]).shape == (5, 3)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_training_weights_are_the_soft_gate_times_the_dense_weights(task, tiny_batch) -> None:
+    torch.manual_seed(4)
+    model = build_model(tiny_args(task=task, num_classes=2 if task == "binary" else 3, tau=1.0)).train()
+    x, z = tiny_batch
+    output = model(x, z)
+    assert torch.equal(output.weights, output.dense_weights * output.gate.unsqueeze(-1))  # w' = g * w
+    assert ((output.gate > 0.01) & (output.gate < 0.99)).any()  # soft Gumbel draws, not the evaluation top-K
