@@ -63,6 +63,41 @@ def drive(call: Callable[[str, bytes, str], Any], name: str, body: bytes, client
             "p50": cuts[49], "p95": cuts[94], "p99": cuts[98]}
 
 
+# --grid: (workers, server batch size, max batch delay ms) candidates for the production config
+GRID = ((1, 1, 0), (2, 1, 0), (1, 8, 1), (1, 8, 5), (2, 4, 1), (2, 8, 1), (2, 8, 5))
+
+
+def measure(mar: Path, body: bytes, workers: int, batch_size: int, delay: int, client_counts: list[int],
+            seconds: float, endpoints: tuple[str, ...]) -> list[tuple[str, int, dict[str, float]]]:
+    """Start a TorchServe with one configuration and drive each endpoint with each client count."""
+    name = mar.stem
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        (root / "model-store").mkdir()
+        shutil.copy(mar, root / "model-store" / mar.name)
+        ports = free_ports(5)
+        config = ServerConfig(*ports, worker_port=free_worker_port(), models={name: {
+            "mar": mar.name, "batch_size": batch_size, "max_batch_delay": delay if batch_size > 1 else 0,
+            "workers": workers,
+        }})
+        start(root, root / "model-store", config.write(root / "config" / "config.properties"))
+        try:
+            client = TorchServeClient.from_key_file(
+                key_file(root), inference_url=f"http://127.0.0.1:{ports[0]}",
+                management_url=f"http://127.0.0.1:{ports[1]}", timeout=30,
+            )
+            wait_until_ready(client, name)
+            calls = {"predictions": client.predict, "explanations": client.explain}
+            for endpoint in endpoints:
+                drive(calls[endpoint], name, body, 2, 1.0)  # warm-up
+                for clients in client_counts:
+                    rows.append((endpoint, clients, drive(calls[endpoint], name, body, clients, seconds)))
+        finally:
+            stop(root)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mar", type=Path, required=True, help="model archive from the package stage")
@@ -71,33 +106,28 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per scenario")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batch-delay", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=1, help="Python workers of the model")
+    parser.add_argument("--grid", action="store_true",
+                        help=f"explanations at 1 and 64 clients for each (workers, batch, delay ms) in {GRID}")
     args = parser.parse_args()
-    name = args.mar.stem
     body = args.sample.read_bytes()
+    if args.grid:
+        print("| workers | server batch | delay ms | clients | requests | errors | req/s | p50 ms | p95 ms | p99 ms |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for workers, batch_size, delay in GRID:
+            for _, clients, s in measure(args.mar, body, workers, batch_size, delay, [1, 64], args.seconds,
+                                         ("explanations",)):
+                print(f"| {workers} | {batch_size} | {delay} | {clients} | {s['requests']} | {s['errors']} | "
+                      f"{s['throughput']:.0f} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} |", flush=True)
+        return
     rows = []
     for batch_size in (1, args.batch_size):
-        with tempfile.TemporaryDirectory() as folder:
-            root = Path(folder)
-            (root / "model-store").mkdir()
-            shutil.copy(args.mar, root / "model-store" / args.mar.name)
-            ports = free_ports(5)
-            config = ServerConfig(*ports, worker_port=free_worker_port(), models={name: {
-                "mar": args.mar.name, "batch_size": batch_size, "max_batch_delay": args.max_batch_delay if batch_size > 1 else 0,
-            }})
-            start(root, root / "model-store", config.write(root / "config" / "config.properties"))
-            try:
-                client = TorchServeClient.from_key_file(
-                    key_file(root), inference_url=f"http://127.0.0.1:{ports[0]}",
-                    management_url=f"http://127.0.0.1:{ports[1]}", timeout=30,
-                )
-                wait_until_ready(client, name)
-                for endpoint, call in (("predictions", client.predict), ("explanations", client.explain)):
-                    drive(call, name, body, 2, 1.0)  # warm-up
-                    stats = drive(call, name, body, args.clients, args.seconds)
-                    rows.append((endpoint, batch_size, stats))
-            finally:
-                stop(root)
-    print(f"\n{args.clients} concurrent clients, {args.seconds:.0f} s per row, loopback, one CPU worker\n")
+        delay = args.max_batch_delay if batch_size > 1 else 0
+        for endpoint, _, stats in measure(args.mar, body, args.workers, batch_size, delay, [args.clients],
+                                          args.seconds, ("predictions", "explanations")):
+            rows.append((endpoint, batch_size, stats))
+    print(f"\n{args.clients} concurrent clients, {args.seconds:.0f} s per row, loopback, "
+          f"{args.workers} CPU worker(s)\n")
     print("| endpoint | server batch | requests | errors | req/s | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
     for endpoint, batch_size, s in rows:

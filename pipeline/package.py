@@ -90,7 +90,8 @@ def main() -> None:
 
     mar = build_archive(args.checkpoint, args.features, args.serve_dir / "model-store", name, str(serve["version"]),
                         encoder=args.encoder)
-    models = {name: {"mar": mar.name, "batch_size": serve["batch_size"], "max_batch_delay": serve["max_batch_delay"]}}
+    models = {name: {"mar": mar.name, "batch_size": serve["batch_size"], "max_batch_delay": serve["max_batch_delay"],
+                     "workers": serve.get("workers", 1)}}
     config = ServerConfig(
         inference_port=int(serve["inference_port"]), management_port=int(serve["management_port"]),
         metrics_port=int(serve["metrics_port"]), models=models,

@@ -213,6 +213,11 @@ def test_mlflow_deployment_plugin_create_predict_explain_delete(server: Server, 
     explained = client.explain("ngsll-deploy", digit(5)[None])
     assert np.asarray(explained["explanations"][0]["weight_map"]).shape == (7, 7)
     client.update_deployment("ngsll-deploy", config={"workers": 1})
+    updated = client.update_deployment("ngsll-deploy", "models:/ngsll-deploy@champion",
+                                       config={"batch_size": 2, "max_batch_delay": 20})
+    assert updated["version"] == "2.0"  # a rolling update: the next version replaced the first
+    assert [entry["modelVersion"] for entry in server.client.describe("ngsll-deploy")] == ["2.0"]
+    check_invariant(client.predict("ngsll-deploy", digit(6)[None]).get_predictions().to_dict(orient="records")[0])
     client.delete_deployment("ngsll-deploy")
     assert "ngsll-deploy" not in {d["name"] for d in client.list_deployments()}
 
@@ -363,3 +368,19 @@ def test_oversized_bodies_get_a_413_up_to_the_frontend_limit_and_never_hurt_the_
         with pytest.raises(OSError):  # connection reset / broken pipe: no status line comes back
             post(url, body, "image/png")
     assert post(url, json.dumps({"image": digit().tolist()}).encode())[0] == 200  # the worker is fine
+
+
+def test_a_short_soak_loses_nothing_through_a_worker_kill_and_a_version_update(tmp_path: Path) -> None:
+    """benchmarks/soak_serving.py on a tiny model for a few seconds: every request is answered 200 and
+    correct although a worker is killed and the model's version replaced inside the window."""
+    from test_benchmarks import load_benchmark
+
+    soak = load_benchmark("soak_serving")
+    checkpoint, features = write_model(tmp_path / "model")
+    pngs = [png_bytes(digit(seed)) for seed in range(8)]
+    result = soak.run_soak(checkpoint, features, pngs, {"batch_size": 4, "max_batch_delay": 5, "workers": 2},
+                           clients=4, seconds=24, max_requests=40_000)
+    counts = result["counts"]
+    assert counts["ok"] > 100 and set(counts) == {"ok"}, counts  # nothing wrong, refused or lost
+    assert [what.split(":")[0] for _, what in result["log"]] == ["worker kill", "version update"]
+    assert "SIGKILL" in result["log"][0][1] and result["served"] == ["2.0"]

@@ -8,7 +8,10 @@ shadows the ``torchserve`` target of the separate mlflow-torchserve package)::
 builds a model archive from the registered model's checkpoint, feature names (and, for text models, its
 vocabularies) and registers it with a running TorchServe through its management API (which must be
 enabled on that server: ``enable_model_api=true``). ``predict``, ``explain``, ``get``, ``list``,
-``update`` and ``delete`` go through the same server.
+``update`` and ``delete`` go through the same server. ``update`` with a new model URI is a rolling update
+that loses no request: the new archive is registered as the next version beside the serving one, made
+the default, and the old version is unregistered after a short drain
+(:func:`ngsll_plugins.torchserve.replace_version`). Predictions and explanations are retried on 503/507.
 
 Where the server is comes from the environment (or ``-C key=value`` deployment config):
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
 
 from ngsll_plugins.torchserve import (
-    ServerConfig, TorchServeClient, TorchServeError, build_archive, start, wait_until_ready,
+    ServerConfig, TorchServeClient, TorchServeError, build_archive, replace_version, start, wait_until_ready,
 )
 
 DEPLOYMENT_CONFIG = ("batch_size", "max_batch_delay", "workers", "version")
@@ -98,26 +102,49 @@ class TorchServeDeploymentClient(BaseDeploymentClient):
         except TorchServeError as error:
             raise MlflowException(f"TorchServe {action} failed ({error.status}): {error.body}") from error
 
-    def create_deployment(self, name, model_uri, flavor=None, config=None, endpoint=None):
+    @staticmethod
+    def _checked(config: dict[str, Any] | None) -> dict[str, Any]:
         config = dict(config or {})
         unknown = set(config) - set(DEPLOYMENT_CONFIG) - {"model_store"}
         if unknown:
             raise MlflowException(f"unknown deployment config {sorted(unknown)}; accepted: {DEPLOYMENT_CONFIG}")
+        return config
+
+    def _archive(self, name: str, model_uri: str, config: dict[str, Any], version: str) -> Path:
+        """``<model store>/<name>-<version>.mar`` built from ``model_uri`` (a new file per version, so the
+        serving version's archive is never overwritten)."""
         with tempfile.TemporaryDirectory() as download:
             checkpoint, features, encoder = model_files(model_uri, Path(download))
-            mar = build_archive(checkpoint, features, self._model_store(config), name, str(config.get("version", "1.0")),
-                                encoder=encoder)
-        self._call("register", mar.name, name, int(config.get("batch_size", 1)),
-                   int(config.get("max_batch_delay", 0)), int(config.get("workers", 1)))
+            mar = build_archive(checkpoint, features, Path(download) / "archive", name, version, encoder=encoder)
+            target = self._model_store(config) / f"{name}-{version}.mar"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(mar, target)
+        return target
+
+    @staticmethod
+    def _serving(config: dict[str, Any]) -> tuple[int, int, int]:
+        return int(config.get("batch_size", 1)), int(config.get("max_batch_delay", 0)), int(config.get("workers", 1))
+
+    def create_deployment(self, name, model_uri, flavor=None, config=None, endpoint=None):
+        config = self._checked(config)
+        mar = self._archive(name, model_uri, config, str(config.get("version", "1.0")))
+        self._call("register", mar.name, name, *self._serving(config))
         return {"name": name, "flavor": flavor or "python_function", "model_uri": model_uri}
 
     def update_deployment(self, name, model_uri=None, flavor=None, config=None, endpoint=None):
-        if model_uri is not None:
-            self._call("unregister", name)
-            return self.create_deployment(name, model_uri, flavor, config)
-        workers = int((config or {}).get("workers", 1))
-        self._call("scale", name, workers)
-        return {"name": name, "flavor": flavor or "python_function"}
+        config = self._checked(config)
+        if model_uri is None:
+            self._call("scale", name, int(config.get("workers", 1)))
+            return {"name": name, "flavor": flavor or "python_function"}
+        serving = [entry["modelVersion"] for entry in self._call("describe", name)]
+        version = str(config.get("version") or f"{max(float(v) for v in serving) + 1:.1f}")
+        mar = self._archive(name, model_uri, config, version)
+        try:
+            replace_version(self.client, name, mar.name, version, *self._serving(config))
+        except TorchServeError as error:
+            raise MlflowException(f"TorchServe update of {name} to {version} failed ({error.status}): "
+                                  f"{error.body}") from error
+        return {"name": name, "flavor": flavor or "python_function", "model_uri": model_uri, "version": version}
 
     def delete_deployment(self, name, config=None, endpoint=None):
         self._call("unregister", name)

@@ -83,7 +83,7 @@ class ServerConfig:
     bind: str = "127.0.0.1"
     token_auth: bool = True
     model_api: bool = False
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"mar", "batch_size", ...}
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"mar", "batch_size", "workers", ...}
     extra: dict[str, str] = field(default_factory=dict)
     snapshot: bool = False  # list the models as a `model_snapshot` (what KServe's wrapper reads) instead
     # Bodies up to this size reach the handler, which answers 413 JSON past its own 1 MiB limit; beyond it the
@@ -108,7 +108,8 @@ class ServerConfig:
         ]
         versions = {
             name: {"1.0": {
-                "defaultVersion": True, "marName": spec["mar"], "minWorkers": 1, "maxWorkers": 1,
+                "defaultVersion": True, "marName": spec["mar"], "minWorkers": int(spec.get("workers", 1)),
+                "maxWorkers": int(spec.get("workers", 1)),
                 "batchSize": int(spec.get("batch_size", 1)), "maxBatchDelay": int(spec.get("max_batch_delay", 0)),
                 "responseTimeout": int(spec.get("response_timeout", 60)),
             }} for name, spec in self.models.items()
@@ -241,9 +242,31 @@ class TorchServeClient:
         query = f"min_worker={workers}&max_worker={workers}&synchronous=true"
         return self._call("PUT", f"{self.management_url}/models/{name}?{query}", self.management_token)[1]
 
+    def set_default(self, name: str, version: str) -> Any:
+        """Make ``version`` of model ``name`` the one ``/predictions/<name>`` answers with."""
+        return self._call("PUT", f"{self.management_url}/models/{name}/{version}/set-default", self.management_token)[1]
+
     def unregister(self, name: str, version: str | None = None) -> Any:
         suffix = f"/{version}" if version else ""
         return self._call("DELETE", f"{self.management_url}/models/{name}{suffix}", self.management_token)[1]
+
+
+def replace_version(client: TorchServeClient, name: str, mar: str, version: str, batch_size: int = 1,
+                    max_batch_delay: int = 0, workers: int = 1, drain_s: float = 2.0) -> list[str]:
+    """Move model ``name`` to archive ``mar`` (version ``version``) without losing a request.
+
+    Registers the new version beside the serving ones (its workers start before it answers), makes it the
+    default, waits ``drain_s`` seconds so requests already queued on the old versions are answered (an old
+    version unregistered with requests in its queue fails them with 500 "Worker died." or never answers
+    them), then unregisters the old versions. Returns the versions it removed.
+    """
+    old = [entry["modelVersion"] for entry in client.describe(name) if entry["modelVersion"] != version]
+    client.register(mar, name, batch_size, max_batch_delay, workers)
+    client.set_default(name, version)
+    time.sleep(drain_s)
+    for stale in old:
+        client.unregister(name, stale)
+    return old
 
 
 def start(workdir: Path, model_store: Path, config: Path, models: list[str] | None = None,
