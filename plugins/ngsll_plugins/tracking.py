@@ -163,11 +163,8 @@ def log_phase(
 
 def file_md5(path: Path) -> str:
     """The MD5 of a file's bytes: the hash DVC records for it (inside a ``.dir`` output too)."""
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def log_split_inputs(dataset: str, splits: Mapping[str, tuple[Path, Any]]) -> None:
