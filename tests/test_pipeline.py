@@ -326,6 +326,19 @@ def test_make_serve_serves_a_registry_alias_with_the_packaged_config(pipeline_re
         client.set_registered_model_alias("ngsll-mnist", "champion", champion.version)
 
 
+def test_the_gpu_check_script_runs_its_checks_on_the_cpu(pipeline_repo: Path) -> None:
+    """benchmarks/gpu_check.py with --device cpu on the pipeline's tiny prepared data (no GPU in CI)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--device", "cpu", "--epochs", "1",
+         "--data-dir", str(pipeline_repo / "data/prepared/mnist"),
+         "--checked", str(pipeline_repo / "reports/mnist/validation/prepared.json"),
+         "--params", str(pipeline_repo / "params.yaml")],
+        cwd=pipeline_repo, env=environment(pipeline_repo), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.count("| passed |") == 3 and "FAILED" not in result.stdout
+    assert "paper Table 2 (RTX 2080Ti) | 2.55 | 6.19 | 10.76 |" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("breakage", "expected"),
     [("nan", "column=nonfinite"), ("label", "column=label"), ("empty", "expect_table_row_count_to_be_between")],
