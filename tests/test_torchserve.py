@@ -384,3 +384,41 @@ def test_a_short_soak_loses_nothing_through_a_worker_kill_and_a_version_update(t
     assert counts["ok"] > 100 and set(counts) == {"ok"}, counts  # nothing wrong, refused or lost
     assert [what.split(":")[0] for _, what in result["log"]] == ["worker kill", "version update"]
     assert "SIGKILL" in result["log"][0][1] and result["served"] == ["2.0"]
+
+
+def test_the_mlflow_deployments_cli_serves_the_champion(server: Server, tmp_path: Path) -> None:
+    """`mlflow deployments create -t ngsll-torchserve -m models:/ngsll-mnist@champion`, predict, delete."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from ngsll_plugins.tracking import log_pyfunc_model, set_champion
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    mlflow.set_experiment("deploy-cli")
+    checkpoint, features = write_model(tmp_path / "model")
+    with mlflow.start_run():
+        info = log_pyfunc_model(checkpoint, features, "ngsll-mnist", digit()[None])
+    set_champion("ngsll-mnist", info.registered_model_version)
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": store,
+           "NGSLL_TS_INFERENCE_URL": server.client.inference_url, "NGSLL_TS_MANAGEMENT_URL": server.client.management_url,
+           "NGSLL_TS_MODEL_STORE": str(server.store)}
+    (tmp_path / "digits.json").write_text(json.dumps({"instances": [{"image": digit(8).tolist()}]}))
+    output = tmp_path / "answer.json"
+
+    def cli(*arguments: str) -> None:
+        result = subprocess.run([sys.executable, "-m", "mlflow", "deployments", *arguments, "-t", "ngsll-torchserve",
+                                 "--name", "ngsll-mnist-cli"], env=env, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    cli("create", "-m", "models:/ngsll-mnist@champion")
+    try:
+        cli("predict", "--input-path", str(tmp_path / "digits.json"), "--output-path", str(output))
+        answers = json.loads(output.read_text())
+        answers = answers.get("predictions", answers)
+        check_invariant(answers[0] if isinstance(answers, list) else answers)
+    finally:
+        cli("delete")
+    assert "ngsll-mnist-cli" not in {m["modelName"] for m in server.client.list()["models"]}

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
@@ -61,11 +62,22 @@ def model_files(model_uri: str, destination: Path) -> tuple[Path, Path, Path | N
 
 
 def _as_instances(inputs: Any) -> bytes:
-    """Images (N, 28, 28) or sentences as an array, DataFrame, list or string -> a KServe v1 JSON body."""
+    """Images (N, 28, 28) or sentences as an array, DataFrame, list or string -> a KServe v1 JSON body.
+
+    A DataFrame read from a request file (what ``mlflow deployments predict --input-path`` hands over) may
+    hold the v1 envelope's ``instances`` column or a ``text`` / ``image`` / ``b64`` column.
+    """
     if isinstance(inputs, (bytes, bytearray)):
         return bytes(inputs)
     if isinstance(inputs, dict):
         return json.dumps(inputs).encode()
+    if isinstance(inputs, pd.DataFrame) and "instances" in inputs.columns:
+        return json.dumps({"instances": inputs["instances"].tolist()}, cls=_NumpyJSON).encode()
+    for column in ("image", "b64"):
+        if isinstance(inputs, pd.DataFrame) and column in inputs.columns:
+            return json.dumps({"instances": [{column: item} for item in inputs[column]]}, cls=_NumpyJSON).encode()
+    if isinstance(inputs, pd.DataFrame) and "text" in inputs.columns:
+        inputs = inputs["text"]
     values = [inputs] if isinstance(inputs, str) else inputs.values if hasattr(inputs, "values") else inputs
     texts = values.ravel().tolist() if isinstance(values, np.ndarray) and values.dtype == object else values
     if isinstance(texts, list) and texts and all(isinstance(text, str) for text in texts):
@@ -76,6 +88,11 @@ def _as_instances(inputs: Any) -> bytes:
     if pixels.ndim == 2:
         pixels = pixels[None]
     return json.dumps({"instances": [{"image": image.tolist()} for image in pixels]}).encode()
+
+
+class _NumpyJSON(json.JSONEncoder):
+    def default(self, value: Any) -> Any:
+        return value.tolist() if isinstance(value, np.ndarray) else super().default(value)
 
 
 class TorchServeDeploymentClient(BaseDeploymentClient):
