@@ -220,3 +220,13 @@ def test_evaluator_plugin_gives_a_text_model_word_importance_and_faithfulness(tm
     with pytest.raises(mlflow.exceptions.MlflowException, match="not classes of this model"):
         mlflow.models.evaluate(info.model_uri, pd.DataFrame({"text": sentences, "label": ["nope"] * len(sentences)}),
                                targets="label", model_type="classifier", evaluators=["ngsll"])
+
+
+def test_mlflow_loading_the_evaluator_imports_neither_torch_nor_the_core() -> None:
+    """MLflow loads every installed evaluator whenever anyone evaluates: ours must cost a host nothing."""
+    import sys
+
+    probe = ("import sys\nfrom mlflow.models.evaluation.evaluator_registry import _model_evaluation_registry as r\n"
+             "print('ngsll' in r._registry, 'torch' in sys.modules, 'ngsll' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split() == ["True", "False", "False"]
