@@ -142,8 +142,10 @@ def run_soak(checkpoint: Path, features: Path, pngs: list[bytes], spec: dict[str
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         store = root / "model-store"
-        build_archive(checkpoint, features, store, name, "1.0")
-        build_archive(checkpoint, features, root / "v2", name, "2.0").rename(store / f"{name}-v2.mar")
+        threads = spec.get("threads")  # torch threads per worker (params: serve.threads_per_worker)
+        build_archive(checkpoint, features, store, name, "1.0", torch_threads=threads)
+        build_archive(checkpoint, features, root / "v2", name, "2.0", torch_threads=threads).rename(
+            store / f"{name}-v2.mar")
         ports = free_ports(5)
         worker_port = free_worker_port(span=16)
         models = {name: {"mar": f"{name}.mar", **spec}}
@@ -188,14 +190,15 @@ def main() -> None:
     args = parser.parse_args()
     serve = yaml.safe_load(args.params.read_text())["serve"]
     spec = {"batch_size": int(serve["batch_size"]), "max_batch_delay": int(serve["max_batch_delay"]),
-            "workers": int(serve.get("workers", 1))}
+            "workers": int(serve.get("workers", 1)), "threads": serve.get("threads_per_worker")}
     result = run_soak(args.checkpoint, args.features, digit_pngs(args.test_split, 500), spec, args.clients,
                       60.0 if args.quick else args.seconds, args.max_requests)
     counts, wall = result["counts"], result["wall"]
     others = {key: value for key, value in counts.items() if key.startswith("status")}
     latencies = result["latencies"]
     cuts = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
-    print(f"\n{args.clients} clients, {wall:.0f} s window, loopback, workers {spec['workers']}, batch "
+    print(f"\n{args.clients} clients, {wall:.0f} s window, loopback, workers {spec['workers']} x "
+          f"{spec['threads'] or 'all'} torch thread(s), batch "
           f"{spec['batch_size']}, delay {spec['max_batch_delay']} ms; the client retries 503/507 up to "
           f"{result['retries']} times\n")
     for at, what in result["log"]:

@@ -35,13 +35,17 @@ class NGSLLHandler(BaseHandler):
         serialized = context.manifest["model"]["serializedFile"]
         gpu = properties.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
+        threads = ((getattr(context, "model_yaml_config", None) or {}).get("handler") or {}).get("torch_threads")
+        if threads:  # one worker per core instead of every worker on every core
+            torch.set_num_threads(int(threads))
         self.service = load_service(
             os.path.join(model_dir, serialized), os.path.join(model_dir, "features.json"),
             os.path.join(model_dir, "encoder.json"), device=self.device,
         )
         self.initialized = True
         args = self.service.model.args
-        logger.info("NGSLL (%s, K=%d, d=%d) loaded on %s", args.input_kind, args.k, args.num_features, self.device)
+        logger.info("NGSLL (%s, K=%d, d=%d) loaded on %s, %d torch thread(s)", args.input_kind, args.k,
+                    args.num_features, self.device, torch.get_num_threads())
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         self.context = context

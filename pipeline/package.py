@@ -89,7 +89,7 @@ def main() -> None:
     name = serve["model_name"]
 
     mar = build_archive(args.checkpoint, args.features, args.serve_dir / "model-store", name, str(serve["version"]),
-                        encoder=args.encoder)
+                        encoder=args.encoder, torch_threads=serve.get("threads_per_worker"))
     models = {name: {"mar": mar.name, "batch_size": serve["batch_size"], "max_batch_delay": serve["max_batch_delay"],
                      "workers": serve.get("workers", 1)}}
     config = ServerConfig(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import struct
@@ -180,3 +181,23 @@ def test_an_image_at_the_pixel_limit_is_decoded_and_a_body_over_the_size_limit_i
     assert small.respond([png_header(65, 64)])[0][0] == 400
     status, payload = service.respond([b"\x89PNG" + b"\x00" * (2 << 20)])[0]
     assert status == 413 and "the limit is 1048576" in payload["error"]
+
+
+def test_the_served_layout_gives_the_plain_models_explanations() -> None:
+    """The service runs the CNN in channels_last (faster on CPU): same features and weights as the model
+    run the ordinary way."""
+    from ngsll.explain import sparse_explanation
+    from ngsll.simplify import image_inputs
+
+    torch.manual_seed(0)
+    plain = build_model(tiny_args(num_features=49, image_size=28, k=5)).eval()
+    images = np.stack([digit(seed) for seed in range(6)])  # (6, 28, 28)
+    x, z = (torch.from_numpy(a) for a in image_inputs(images, 7))
+    with torch.inference_mode():
+        expected = sparse_explanation(plain(x, z), z, 5, "binary")
+    served = ImageService(copy.deepcopy(plain), cell_names(7), CLASSES)
+    conv = next(module for module in served.model.modules() if isinstance(module, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for row, answer in enumerate(served.answer(images)):
+        assert [w["index"] for w in answer["weights"]] == expected.indices[row].tolist()
+        assert [w["weight"] for w in answer["weights"]] == pytest.approx(expected.weights[row].tolist(), abs=1e-5)

@@ -422,3 +422,18 @@ def test_the_mlflow_deployments_cli_serves_the_champion(server: Server, tmp_path
     finally:
         cli("delete")
     assert "ngsll-mnist-cli" not in {m["modelName"] for m in server.client.list()["models"]}
+
+
+def test_an_archive_sets_its_workers_torch_threads(server: Server, tmp_path: Path) -> None:
+    """The package stage bakes serve.threads_per_worker into the archive: two workers of one thread each on
+    two cores instead of two workers fighting over all of them."""
+    checkpoint, features = write_model(tmp_path / "model")
+    build_archive(checkpoint, features, server.store, "ngsll-threads", torch_threads=1)
+    server.client.register("ngsll-threads.mar", "ngsll-threads", workers=2)
+    try:
+        check_invariant(server.client.predict("ngsll-threads", json.dumps({"image": digit().tolist()}).encode()))
+        logged = "\n".join(path.read_text(errors="replace") for path in (server.root / "logs").glob("*.log"))
+        loaded = [line for line in logged.splitlines() if "NGSLL (image" in line and "1 torch thread(s)" in line]
+        assert len(loaded) >= 2  # both workers
+    finally:
+        server.client.unregister("ngsll-threads")

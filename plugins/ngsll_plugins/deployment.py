@@ -40,7 +40,7 @@ from ngsll_plugins.torchserve import (
     ServerConfig, TorchServeClient, TorchServeError, build_archive, replace_version, start, wait_until_ready,
 )
 
-DEPLOYMENT_CONFIG = ("batch_size", "max_batch_delay", "workers", "version")
+DEPLOYMENT_CONFIG = ("batch_size", "max_batch_delay", "workers", "threads", "version")
 
 
 def target_help() -> str:
@@ -132,7 +132,9 @@ class TorchServeDeploymentClient(BaseDeploymentClient):
         serving version's archive is never overwritten)."""
         with tempfile.TemporaryDirectory() as download:
             checkpoint, features, encoder = model_files(model_uri, Path(download))
-            mar = build_archive(checkpoint, features, Path(download) / "archive", name, version, encoder=encoder)
+            threads = int(config["threads"]) if "threads" in config else None  # torch threads per worker
+            mar = build_archive(checkpoint, features, Path(download) / "archive", name, version, encoder=encoder,
+                                torch_threads=threads)
             target = self._model_store(config) / f"{name}-{version}.mar"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(mar, target)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ngsll_plugins.torchserve import (
 )
 
 
-def archive_from_registry(model_uri: str, model_store: Path, name: str) -> Path:
+def archive_from_registry(model_uri: str, model_store: Path, name: str, torch_threads: int | None = None) -> Path:
     """Build ``model_store/<name>.mar`` from the NGSLL pyfunc model at ``model_uri``."""
     import mlflow
 
@@ -31,7 +32,7 @@ def archive_from_registry(model_uri: str, model_store: Path, name: str) -> Path:
     mlflow.set_tracking_uri(tracking_uri(Path.cwd()))
     with tempfile.TemporaryDirectory() as download:
         checkpoint, features, encoder = model_files(model_uri, Path(download))
-        return build_archive(checkpoint, features, model_store, name, encoder=encoder)
+        return build_archive(checkpoint, features, model_store, name, encoder=encoder, torch_threads=torch_threads)
 
 
 def main() -> None:
@@ -50,11 +51,12 @@ def main() -> None:
     if not config_path.exists():
         raise SystemExit(f"{config_path} is missing: run `dvc repro package package_text` (or `make run`) first")
     properties = read_properties(config_path)
-    model = next(iter(json.loads(properties["models"])))
+    (model, versions), = json.loads(properties["models"]).items()
     model_store = args.serve_dir / "model-store"
     if args.model_uri:
         model_store = run_dir / "model-store"
-        archive_from_registry(args.model_uri, model_store, model)
+        workers = int(next(iter(versions.values())).get("minWorkers", 1))
+        archive_from_registry(args.model_uri, model_store, model, max(1, (os.cpu_count() or 1) // workers))
         print(f"built {model_store / (model + '.mar')} from {args.model_uri}")
     start(run_dir, model_store, config_path)
     keys = key_file(run_dir)

@@ -44,12 +44,15 @@ def build_archive(
     version: str = "1.0",
     handler: Path = HANDLER,
     encoder: Path | None = None,
+    torch_threads: int | None = None,
 ) -> Path:
     """``torch-model-archiver`` a plain-dict checkpoint (no TorchScript) into ``export_dir/<name>.mar``.
 
     The archive holds the handler, ``features.json`` (feature and class names), for text models the
     prepared data's ``encoder.json`` (vocabularies; required by the handler for them) and a copy of the
-    ``ngsll`` package, so a TorchServe with torch installed can serve it.
+    ``ngsll`` package, so a TorchServe with torch installed can serve it. ``torch_threads``: the intra-op
+    threads each worker's torch uses (the model config's ``handler.torch_threads``; default: torch's own,
+    all cores, which oversubscribes the CPU as soon as a model has more than one worker).
     """
     export_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as staging:
@@ -63,6 +66,10 @@ def build_archive(
             "--serialized-file", str(checkpoint), "--handler", str(handler), "--extra-files", str(code),
             "--export-path", str(export_dir), "--force",
         ]
+        if torch_threads is not None:
+            model_config = Path(staging) / "model-config.yaml"
+            model_config.write_text(f"handler:\n  torch_threads: {int(torch_threads)}\n")
+            command += ["--config-file", str(model_config)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"torch-model-archiver failed: {result.stderr.strip()[-2000:]}")
