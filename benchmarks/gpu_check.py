@@ -152,7 +152,8 @@ def main() -> None:
         run = runs[0].data
         device_param, gpu = run.params.get("device", ""), run.tags.get("gpu")
         checks = {"fine run records the device": args.device in device_param,
-                  "fine run records the GPU name": gpu is not None if args.device == "cuda" else gpu is None}
+                  ("fine run records the GPU name" if args.device == "cuda" else "fine run records no GPU name"):
+                      gpu is not None if args.device == "cuda" else gpu is None}
         answer = serve_one_request(fine, data_dir / "features.json", data_dir / "test.npz", work)
         total = sum(w["contribution"] for w in answer["weights"])
         checks["CPU TorchServe answers the trained model, contributions add up to the logit"] = (
