@@ -139,20 +139,21 @@ def test_explain_endpoints_add_the_weight_map(server: Server, path: str) -> None
 
 
 @pytest.mark.parametrize(
-    ("body", "content_type"),
+    ("body", "content_type", "expected"),
     [
-        (b"this is not an image", "application/octet-stream"),
-        (png_bytes(digit())[:50], "image/png"),
-        (b'{"image": [[0.5, 0.5]]}', "application/json"),
-        (b'{"image": [[NaN]]}', "application/json"),
-        (b'{"text": ""}', "application/json"),
-        (b"\xff\xd8" + b"\x00" * (1 << 20), "image/jpeg"),
+        (b"this is not an image", "application/octet-stream", 400),
+        (png_bytes(digit())[:50], "image/png", 400),
+        (b'{"image": [[0.5, 0.5]]}', "application/json", 400),
+        (b'{"image": [[NaN]]}', "application/json", 400),
+        (b'{"text": ""}', "application/json", 400),
+        (b"\xff\xd8" + b"\x00" * (1 << 20), "image/jpeg", 413),  # one byte over the service's 1 MiB
     ],
 )
-def test_bad_requests_get_400_and_the_worker_stays_alive(server: Server, body: bytes, content_type: str) -> None:
+def test_bad_requests_get_400_and_the_worker_stays_alive(server: Server, body: bytes, content_type: str,
+                                                          expected: int) -> None:
     url = f"{server.client.inference_url}/predictions/ngsll"
     status, payload = post(url, body, content_type)
-    assert status == 400
+    assert status == expected
     assert payload["error"] and "PNG or JPEG" in payload["accepted"]
     status, answer = post(url, json.dumps({"image": digit().tolist()}).encode())
     assert status == 200
