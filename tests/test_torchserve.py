@@ -324,17 +324,10 @@ def test_mlflow_deployment_plugin_serves_a_registered_text_model(server: Server,
 
 
 def worker_pids(config: ServerConfig) -> list[int]:
-    """Process ids of the Python workers of the server started with ``config`` (their Unix socket names)."""
-    sockets = {f"/tmp/.ts.sock.{config.worker_port + offset}".encode() for offset in range(10)}
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            arguments = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if proc.name.isdigit() and sockets & set(arguments):
-            pids.append(int(proc.name))
-    return pids
+    """Process ids of the Python workers of the server started with ``config`` (the soak benchmark's finder)."""
+    from test_benchmarks import load_benchmark
+
+    return load_benchmark("soak_serving").worker_pids(config.worker_port)
 
 
 def test_a_killed_worker_costs_a_retrying_client_nothing(server: Server) -> None:

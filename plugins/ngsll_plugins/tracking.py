@@ -42,10 +42,9 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 CHAMPION = "champion"  # the alias of the served version: models:/ngsll-<dataset>@champion
 
+STOP_REASON_TAG = "ngsll.stop_reason"  # why end_runs_on_signal ended a run
+
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "scikit-learn", "pyyaml", "tqdm", "matplotlib"]
-
-
-STOP_REASON_TAG = "ngsll.stop_reason"
 
 
 def end_runs_on_signal(status: str = "KILLED", reason: str = "stopped by {signal}") -> None:
