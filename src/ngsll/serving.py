@@ -234,7 +234,7 @@ class ImageService(Service):
         self.cells = int(round(len(self.feature_names) ** 0.5))
         self.max_pixels = max_pixels
         self.accepted = ACCEPTED_IMAGE.format(max_pixels=max_pixels)
-        # channels_last halves the CNN's time per batch on CPU (benchmarks/explain_profile.py), same answers
+        # channels_last: about 1.6x less CNN time per batch on CPU (benchmarks/explain_profile.py), same answers
         self.model = self.model.to(memory_format=torch.channels_last)
 
     def _on_device(self, x: torch.Tensor) -> torch.Tensor:
