@@ -23,7 +23,21 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from ngsll.serving import load_service
+from ngsll.serving import RequestError, load_service
+
+FORM_ENCODED = (
+    "no body reached the model: TorchServe passes none on for Content-Type application/x-www-form-urlencoded "
+    "(curl's default for -d/--data-binary); send it with Content-Type text/plain, "
+    "application/json, image/png or image/jpeg (curl -H 'Content-Type: ...', or -T FILE)"
+)
+
+
+def request_body(row: dict[str, Any]) -> Any:
+    """The raw body of one TorchServe request row, or a :class:`RequestError` for a form-encoded one."""
+    body = row.get("data", row.get("body"))
+    if not row:  # TorchServe hands a form-encoded body over as no field at all
+        return RequestError(FORM_ENCODED)
+    return body
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +65,7 @@ class NGSLLHandler(BaseHandler):
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         self.context = context
-        bodies = [row.get("data", row.get("body")) for row in data]
+        bodies = [request_body(row) for row in data]
         explain = [context.get_request_header(i, "explain") == "True" for i in range(len(data))]
         responses = self.service.respond(bodies, explain)
         for index, (status, _) in enumerate(responses):

@@ -147,6 +147,8 @@ def test_explain_endpoints_add_the_weight_map(server: Server, path: str) -> None
         (b'{"image": [[NaN]]}', "application/json", 400),
         (b'{"text": ""}', "application/json", 400),
         (b"\xff\xd8" + b"\x00" * (1 << 20), "image/jpeg", 413),  # one byte over the service's 1 MiB
+        (b"a digit, sent as curl -d sends it", "application/x-www-form-urlencoded", 400),
+        (b"", "image/png", 400),
     ],
 )
 def test_bad_requests_get_400_and_the_worker_stays_alive(server: Server, body: bytes, content_type: str,
@@ -154,6 +156,10 @@ def test_bad_requests_get_400_and_the_worker_stays_alive(server: Server, body: b
     url = f"{server.client.inference_url}/predictions/ngsll"
     status, payload = post(url, body, content_type)
     assert status == expected
+    if content_type.endswith("form-urlencoded"):  # named as such, not as an empty body
+        assert "x-www-form-urlencoded" in payload["error"] and "text/plain" in payload["error"]
+    if not body:
+        assert "empty" in payload["error"], payload
     assert payload["error"] and "PNG or JPEG" in payload["accepted"]
     status, answer = post(url, json.dumps({"image": digit().tolist()}).encode())
     assert status == 200
@@ -397,7 +403,8 @@ def test_the_mlflow_deployments_cli_serves_the_champion(server: Server, tmp_path
         info = log_pyfunc_model(checkpoint, features, "ngsll-mnist", digit()[None])
     set_champion("ngsll-mnist", info.registered_model_version)
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": store,
-           "NGSLL_TS_INFERENCE_URL": server.client.inference_url, "NGSLL_TS_MANAGEMENT_URL": server.client.management_url,
+           "NGSLL_TS_INFERENCE_URL": server.client.inference_url,
+           "NGSLL_TS_MANAGEMENT_URL": server.client.management_url,
            "NGSLL_TS_MODEL_STORE": str(server.store)}
     (tmp_path / "digits.json").write_text(json.dumps({"instances": [{"image": digit(8).tolist()}]}))
     output = tmp_path / "answer.json"

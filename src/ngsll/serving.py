@@ -164,6 +164,7 @@ class Service(ABC):
     def respond(self, bodies: list[Any], explain: list[bool] | None = None) -> list[tuple[int, Any]]:
         """Answer a batch of requests: one forward pass for all good ones; ``(status, payload)`` each.
 
+        A body may be a :class:`RequestError` the server adapter raised for it already (answered as such).
         ``explain[i]`` asks for the explanation fields on request i (default: none). A bad request gets
         ``(400, {"error", "accepted"})`` (413 for a body over ``max_bytes``) and never affects the others.
         """
@@ -171,8 +172,11 @@ class Service(ABC):
         decoded: list[DecodedRequest | RequestError] = []
         for body in bodies:
             try:
+                if isinstance(body, RequestError):  # the server adapter already refused it (transport level)
+                    raise body
                 decoded.append(self.decode(body))
             except RequestError as error:
+                error.accepted = error.accepted or self.accepted
                 decoded.append(error)
         good = [d for d in decoded if isinstance(d, DecodedRequest)]
         answers = iter(self.answer(self._join([d.inputs for d in good]), explain=any(explain)) if good else [])
