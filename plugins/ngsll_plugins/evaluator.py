@@ -160,17 +160,19 @@ class _ImageEvaluation(_Evaluation):
     def __init__(self, service: Any, features: Any) -> None:
         from ngsll.simplify import image_inputs
 
-        side = service.side
-        self.pixels = np.asarray(features, dtype=np.float32).reshape(-1, side, side)  # (N, H, W)
-        super().__init__(service, *image_inputs(self.pixels, service.cells))
+        try:
+            self.pixels = service.pixels_from_array(np.asarray(features, dtype=np.float32))  # (N, C, H, W)
+        except ValueError as error:  # RequestError: not images of the model's size
+            raise MlflowException(f"image models are evaluated on images: {error}") from error
+        super().__init__(service, *image_inputs(self.pixels, service.grid, service.spec["cell_values"]))
 
     def pictures(self, normlime: Any, labels: np.ndarray, importance: dict, out: Path) -> dict[str, Any]:
-        from ngsll.plots import weight_overlay_figure
+        from ngsll.plots import cell_maps, weight_overlay_figure
 
-        side, cells, classes = self.service.side, self.service.cells, self.service.class_names
-        averages = np.stack([self.pixels[labels == c].mean(axis=0) if (labels == c).any() else np.zeros((side, side))
-                             for c in range(len(classes))])  # (C, H, W)
-        maps = {"NormLIME signed": normlime.class_signed_.reshape(-1, cells, cells)}
+        service, classes = self.service, self.service.class_names
+        averages = np.stack([self.pixels[labels == c].mean(axis=0) if (labels == c).any()
+                             else np.zeros(self.pixels.shape[1:]) for c in range(len(classes))])  # (classes, C, H, W)
+        maps = {"NormLIME signed": cell_maps(normlime.class_signed_, service.grid)}
         return {"class_maps.png": weight_overlay_figure(averages, maps, classes)}
 
 

@@ -1,6 +1,7 @@
 """The MLflow pyfunc flavour of a fine NGSLL model: predictions **and** their top-K weights.
 
-Image models: ``predict`` takes (N, 28, 28) pixels in [0, 1] (or (N, 784)). Text models (logged with an
+Image models: ``predict`` takes N images in [0, 1] at the model's size: (N, H, W) grayscale (or (N, H*W)),
+(N, H, W, 3) RGB. Text models (logged with an
 ``encoder`` artifact): ``predict`` takes N sentences, a DataFrame with a ``text`` column (the logged
 signature; the unwrapped model also takes a list of strings). Either way it returns one row per sample with
 ``label, class_index, probability, logit, k, weights`` where ``logit`` is the answered class's logit and
@@ -32,9 +33,7 @@ class NGSLLPyfunc(mlflow.pyfunc.PythonModel):
         if isinstance(self.service, TextService):
             answers = self.service.answer(as_sentences(model_input))
         else:
-            side = self.service.side
-            pixels = np.asarray(model_input, dtype=np.float32).reshape(-1, side, side)  # (N, H, H)
-            answers = self.service.answer(pixels)
+            answers = self.service.answer(self.service.pixels_from_array(model_input))  # (N, C, H, W) in
         return pd.DataFrame({
             "label": [a["label"] for a in answers],
             "class_index": [a["class_index"] for a in answers],

@@ -65,10 +65,10 @@ def main() -> None:
     )
     wait_until_ready(client, model)
     url = properties["inference_address"]
-    text = (args.serve_dir / "sample_text.txt").exists()
-    sample = (f'-H "Content-Type: text/plain" --data-binary @{args.serve_dir / "sample_text.txt"}' if text
-              else f"-T {args.serve_dir / 'sample_digit.png'}")
-    extra = "every token's weight" if text else "the 7x7 weight map"
+    text = (args.serve_dir / "sample" / "sample.txt").exists()
+    sample = (f'-H "Content-Type: text/plain" --data-binary @{args.serve_dir / "sample" / "sample.txt"}' if text
+              else f"-T {args.serve_dir / 'sample' / 'sample.png'}")
+    extra = "every token's weight" if text else "the weight map over the cells"
     print(f"""NGSLL is serving {model} at {url} (loopback only, token authorisation on).
 Each answer holds the label, probabilities, logit(s) and the top-K weights that produced it.
 The inference token is the "inference" key of {keys} (written by TorchServe at start-up):

@@ -25,73 +25,114 @@ def section(params: dict[str, Any], *keys: str) -> Any:
     return value
 
 
+KINDS = ("image", "text")
+SECTIONS = ("data", "validate", "model", "train", "serve")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
+    """``base`` with ``override`` laid over it: nested dicts merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in (override or {}).items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
 @dataclass
 class DatasetSettings:
-    """The params sections that describe one dataset's pipeline.
+    """One dataset's settings: ``defaults.<kind>`` of params.yaml with ``datasets.<name>`` laid over it.
 
-    MNIST reads the top-level ``data``, ``model``, ``train`` and ``tracking`` sections; a text dataset
-    ``<name>`` reads ``text.datasets.<name>`` (over ``text.representation`` and ``text.quality``),
-    ``text.model`` and ``text.train``, and its own ``experiment`` / ``registered_model`` (default: the dataset's name and
-    ``ngsll-<name>``).
+    Every dataset names its ``kind`` (``image`` or ``text``) and holds the kind's five sections, each
+    laid over the default (``{}``: every default): ``data`` (source, task, classes, simplified
+    representation), ``validate`` (gate thresholds), ``model``, ``train`` and ``serve`` (over the top-level
+    ``serve`` ports and batching). Tracking follows the name: MLflow experiment ``<name>``, registered
+    model and served name ``ngsll-<name>``. (dvc.yaml lists each section as a parameter of the stages
+    that read it, which is why every section must be present.)
     """
 
     name: str
-    input_kind: str  # "image" or "text"
+    kind: str  # "image" or "text"
     data: dict[str, Any]
+    validate: dict[str, Any]
     model: dict[str, Any]
     train: dict[str, Any]
+    serve: dict[str, Any]
     tracking: dict[str, Any]
 
+    @property
+    def input_kind(self) -> str:
+        return self.kind
 
-def text_dataset_names(params: dict[str, Any]) -> list[str]:
-    """Names of the text datasets configured under ``text.datasets``."""
-    return list(params.get("text", {}).get("datasets", {}) or {})
+    @property
+    def ks(self) -> list[int]:
+        """The fine models' K values (``train.ks``)."""
+        return [int(k) for k in section(self.train, "ks")]
 
 
-def dataset_settings(params: dict[str, Any], dataset: str = "mnist") -> DatasetSettings:
-    """The :class:`DatasetSettings` of ``dataset`` (``mnist`` or a name under ``text.datasets``)."""
-    if dataset == "mnist":
-        return DatasetSettings("mnist", "image", section(params, "data"), section(params, "model"),
-                               section(params, "train"), section(params, "tracking"))
-    if dataset not in text_dataset_names(params):
-        raise ConfigError(f"unknown dataset {dataset!r}; configured: {['mnist', *text_dataset_names(params)]}")
-    data = section(params, "text", "datasets", dataset)
-    tracking = {"experiment": data.get("experiment", dataset),
-                "registered_model": data.get("registered_model", f"ngsll-{dataset}")}
-    defaults = {**section(params, "text", "representation"), **(params["text"].get("quality") or {})}
-    return DatasetSettings(dataset, "text", {**defaults, **data},
-                           section(params, "text", "model"), section(params, "text", "train"), tracking)
+def dataset_names(params: dict[str, Any]) -> list[str]:
+    """Names of the datasets configured under ``datasets``."""
+    return list(params.get("datasets") or {})
+
+
+def run_names(params: dict[str, Any]) -> list[str]:
+    """The datasets ``dvc repro`` runs (``run``), each checked to be configured."""
+    names = list(section(params, "run"))
+    unknown = [name for name in names if name not in dataset_names(params)]
+    if unknown:
+        raise ConfigError(f"run lists {unknown}, which are not under datasets; configured: {dataset_names(params)}")
+    return names
+
+
+def dataset_settings(params: dict[str, Any], dataset: str) -> DatasetSettings:
+    """The :class:`DatasetSettings` of ``dataset`` (a name under ``datasets``)."""
+    if dataset not in dataset_names(params):
+        raise ConfigError(f"unknown dataset {dataset!r}; configured under datasets: {dataset_names(params)}")
+    own = section(params, "datasets", dataset) or {}
+    kind = own.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"datasets.{dataset}.kind must be one of {list(KINDS)}, got {kind!r}")
+    unknown = set(own) - {"kind", "description", *SECTIONS}
+    if unknown:
+        raise ConfigError(f"unknown keys {sorted(unknown)} in datasets.{dataset}; accepted: kind, description, "
+                          f"{', '.join(SECTIONS)}")
+    missing = [name for name in SECTIONS if not isinstance(own.get(name), dict)]
+    if missing:
+        raise ConfigError(f"datasets.{dataset} lacks the section(s) {missing}; write e.g. {missing[0]}: {{}} to take "
+                          f"every default of defaults.{kind}.{missing[0]}")
+    merged = deep_merge(section(params, "defaults", kind), own)
+    tracking = {"experiment": dataset, "registered_model": f"ngsll-{dataset}"}
+    serve = {**(params.get("serve") or {}), **(merged.get("serve") or {}), "model_name": tracking["registered_model"]}
+    data = {"description": own.get("description", dataset), **merged.get("data", {})}
+    return DatasetSettings(dataset, kind, data, merged.get("validate") or {}, section(merged, "model"),
+                           section(merged, "train"), serve, tracking)
 
 
 def model_args(
-    settings: DatasetSettings, features: dict[str, Any] | None = None, kind: str = "ngsll", use_gate: bool = True,
+    settings: DatasetSettings, features: dict[str, Any], kind: str = "ngsll", use_gate: bool = True,
     k: int | None = None,
 ) -> ModelArgs:
-    """ModelArgs of a dataset's models.
+    """ModelArgs of a dataset's models, sized by its prepared ``features.json``.
 
-    Images: d = cells^2, binary. Text: d, the token vocabulary size and the classes come from the prepared
-    ``features`` (``features.json``: ``feature_names``, ``class_names``, ``sequence_vocabulary_size``);
-    binary for two classes, multi-class otherwise.
+    ``features`` holds ``feature_names`` and ``class_names`` (binary for two classes, multi-class
+    otherwise), plus ``image`` (``height``, ``width``, ``channels``) for images or
+    ``sequence_vocabulary_size`` for text.
     """
     model, coarse = settings.model, settings.train["coarse"]
+    num_classes = len(features["class_names"])
     common = dict(
         kind=kind, hidden_layers=int(model["hidden_layers"]), hidden_units=int(model["hidden_units"]),
         k=int(k if k is not None else coarse["k"]), tau=float(coarse["tau"]), use_gate=use_gate,
         mask_zero_features=bool(model.get("mask_zero_features", True)),
-    )
-    if settings.input_kind == "image":
-        cells = int(settings.data["cells"])
-        return ModelArgs(task="binary", num_classes=len(settings.data["class_names"]), num_features=cells * cells,
-                         conv_channels=list(model["conv_channels"]), **common)
-    if features is None:
-        raise ConfigError(f"text dataset {settings.name!r} needs the prepared features.json to size its model")
-    num_classes = len(features["class_names"])
-    return ModelArgs(
         task="binary" if num_classes == 2 else "multiclass", num_classes=num_classes,
-        num_features=len(features["feature_names"]), input_kind="text",
-        vocab_size=int(features["sequence_vocabulary_size"]), embedding_dim=int(model["embedding_dim"]),
-        filter_widths=[int(w) for w in model["filter_widths"]], filter_maps=int(model["filter_maps"]),
-        dropout=float(model["dropout"]), **common,
+        num_features=len(features["feature_names"]),
+    )
+    if settings.kind == "image":
+        image = features["image"]
+        return ModelArgs(image_size=int(image["height"]), image_width=int(image["width"]),
+                         in_channels=int(image["channels"]), conv_channels=list(model["conv_channels"]), **common)
+    return ModelArgs(
+        input_kind="text", vocab_size=int(features["sequence_vocabulary_size"]),
+        embedding_dim=int(model["embedding_dim"]), filter_widths=[int(w) for w in model["filter_widths"]],
+        filter_maps=int(model["filter_maps"]), dropout=float(model["dropout"]), **common,
     )
 
 

@@ -34,16 +34,24 @@ def mlp_head(in_features: int, hidden_layers: int, hidden_units: int, out_featur
     return nn.Sequential(*layers)
 
 
+MAX_POOLED_SIDE = 4  # the conv features reach the MLP head as at most 4 x 4 maps, whatever the image size
+
+
 class ImageWeightGenerator(nn.Module):
-    """Three conv blocks and an MLP head: (B, C_in, H, H) images -> (B, out_features).
+    """Three conv blocks and an MLP head: (B, C_in, H, W) images -> (B, out_features).
+
+    Each block halves the map; when a side is still above :data:`MAX_POOLED_SIDE` after the three blocks
+    (images larger than 39 pixels), an adaptive max pooling brings it down to that, so the head's size does
+    not grow with the image. At 28 x 28 (3 x 3 maps) there is no such pooling: the paper's network exactly.
 
     Args:
-        in_channels: image channels (1 for MNIST).
-        image_size: side H of the square input (28 for MNIST).
+        in_channels: image channels (1 for MNIST, 3 for RGB).
+        image_size: height H of the input (28 for MNIST).
         conv_channels: output channels of the three conv blocks (3x3 kernels, padding 1, 2x2 pooling).
         hidden_layers: L, number of hidden fully connected layers.
         hidden_units: U, their width.
         out_features: d * C for NGSLL, C for the DNN baseline.
+        image_width: width W of the input (default: H, a square image).
     """
 
     def __init__(
@@ -54,19 +62,24 @@ class ImageWeightGenerator(nn.Module):
         hidden_layers: int,
         hidden_units: int,
         out_features: int,
+        image_width: int | None = None,
     ) -> None:
         super().__init__()
         if len(conv_channels) != 3:
             raise ConfigError(f"conv_channels must list 3 channel counts (one per block), got {list(conv_channels)}")
         blocks: list[nn.Module] = []
-        channels, side = in_channels, image_size
+        channels, height, width = in_channels, image_size, image_width or image_size
         for out_channels in conv_channels:
             blocks += [nn.Conv2d(channels, out_channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-            channels, side = out_channels, side // 2
-        if side < 1:
-            raise ConfigError(f"image_size {image_size} is too small for three 2x2 poolings")
+            channels, height, width = out_channels, height // 2, width // 2
+        if min(height, width) < 1:
+            raise ConfigError(f"an image of {image_size}x{image_width or image_size} pixels is too small for three "
+                              "2x2 poolings; use a size of at least 8x8")
+        if max(height, width) > MAX_POOLED_SIDE:
+            height, width = min(height, MAX_POOLED_SIDE), min(width, MAX_POOLED_SIDE)
+            blocks.append(nn.AdaptiveMaxPool2d((height, width)))
         self.features = nn.Sequential(*blocks, nn.Flatten())
-        self.head = mlp_head(channels * side * side, hidden_layers, hidden_units, out_features)
+        self.head = mlp_head(channels * height * width, hidden_layers, hidden_units, out_features)
 
     @classmethod
     def for_model(cls, args: Any, out_features: int) -> ImageWeightGenerator:
@@ -74,6 +87,7 @@ class ImageWeightGenerator(nn.Module):
         return cls(
             in_channels=args.in_channels,
             image_size=args.image_size,
+            image_width=args.image_width or args.image_size,
             conv_channels=args.conv_channels,
             hidden_layers=args.hidden_layers,
             hidden_units=args.hidden_units,

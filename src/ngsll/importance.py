@@ -40,38 +40,102 @@ def accumulate_normlime(model: NGSLL, data: TensorData, num_classes: int, batch_
 
 @dataclass
 class GradientView:
-    """The DNN's average input gradient pooled to the simplified cells, and its linear surrogate.
+    """The DNN's average input gradient, pooled to the simplified features, and its linear surrogate.
 
-    mean_gradient: (d,) average d(logit)/dz over the split (chain rule: the sum of the pixel gradients
-    in each cell, since every pixel of a cell moves with its mean). surrogate_agreement: how often
-    sign(z^T mean_gradient) agrees with the DNN's own decision.
+    class_gradient: (C_out, d) the mean d(logit)/dz of each output over the samples that answered it (binary:
+    one row, the logit, over all samples). For images, the chain rule makes d(logit)/dz of a cell the sum of
+    the pixel gradients in it (every pixel of a cell moves with its mean); for text, the gradient x input of
+    each token's embedding, summed over the tokens that are the feature's word. mean_gradient: (d,) the
+    logit's row for binary models, the mean |row| over classes otherwise (a ranking). surrogate_agreement:
+    how often the linear surrogate (sign of z^T g, or argmax_c z^T g_c) agrees with the DNN's decision.
     """
 
+    class_gradient: np.ndarray
     mean_gradient: np.ndarray
     surrogate_agreement: float
 
 
-def input_gradient_view(model: DNNClassifier, data: TensorData, cells: int, batch_size: int = 512) -> GradientView:
-    """Average gradient of a binary DNN's logit with respect to its input, pooled to ``cells`` x ``cells``."""
-    if model.args.task != "binary":
-        raise InputError("the gradient view is implemented for binary models (one logit)")
+def _answered_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) the answered output's logit and (B,) its output index (0 for a single logit)."""
+    column = logits.argmax(dim=1) if logits.shape[1] > 1 else torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+    return logits.gather(1, column[:, None])[:, 0], column
+
+
+def _gradient_view(model: DNNClassifier, data: TensorData, batch_size: int, per_sample) -> GradientView:
+    """Aggregate ``per_sample(x) -> ((B, d) feature gradients, (B,) answered output)`` into a :class:`GradientView`."""
     model.eval()
-    total = torch.zeros(cells * cells, device=data.y.device)
-    for x, z, _ in data.batches(batch_size):
-        x = x.clone().requires_grad_(True)
-        logits = model(x)[:, 0]  # (B,)
-        (gradient,) = torch.autograd.grad(logits.sum(), x)  # (B, 1, H, H)
-        side = gradient.shape[-1] // cells
-        pooled = gradient[:, 0].reshape(len(x), cells, side, cells, side).sum(dim=(2, 4))  # (B, c, c)
-        total += pooled.reshape(len(x), -1).sum(dim=0).detach()
-    mean_gradient = (total / len(data)).cpu().numpy()
+    outputs = model.args.num_outputs
+    total = torch.zeros(outputs, model.args.num_features, dtype=torch.float64, device=data.y.device)
+    counts = torch.zeros(outputs, dtype=torch.float64, device=data.y.device)
+    for x, _, _ in data.batches(batch_size):
+        gradient, column = per_sample(x)  # (B, d), (B,)
+        total.index_add_(0, column, gradient.double())
+        counts.index_add_(0, column, torch.ones_like(column, dtype=torch.float64))
+    class_gradient = (total / counts.clamp(min=1)[:, None]).cpu().numpy()  # (C_out, d)
+    mean_gradient = class_gradient[0] if outputs == 1 else np.abs(class_gradient).mean(axis=0)
     agree = 0
-    with torch.inference_mode():  # second pass: the surrogate needs the finished mean gradient
+    with torch.inference_mode():  # second pass: the surrogate needs the finished mean gradients
         for x, z, _ in data.batches(batch_size):
-            dnn_decision = model(x)[:, 0] > 0
-            surrogate = z.cpu().numpy() @ mean_gradient > 0
-            agree += int((surrogate == dnn_decision.cpu().numpy()).sum())
-    return GradientView(mean_gradient=mean_gradient, surrogate_agreement=agree / len(data))
+            logits = model(x)  # (B, C_out)
+            scores = z.cpu().numpy() @ class_gradient.T  # (B, C_out)
+            if outputs == 1:
+                agree += int(((scores[:, 0] > 0) == (logits[:, 0] > 0).cpu().numpy()).sum())
+            else:
+                agree += int((scores.argmax(axis=1) == logits.argmax(dim=1).cpu().numpy()).sum())
+    return GradientView(class_gradient, mean_gradient, agree / len(data))
+
+
+def input_gradient_view(model: DNNClassifier, data: TensorData, grid: Sequence[int], batch_size: int = 512) -> GradientView:
+    """Average gradient of an image DNN's answered logit with respect to its pixels, pooled to the
+    ``rows x cols`` cells of ``grid`` (per channel when the model's features are, summed over channels for
+    luminance cells)."""
+    rows, cols = grid
+    per_channel = model.args.num_features != rows * cols
+
+    def per_sample(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.clone().requires_grad_(True)
+        answered, column = _answered_logits(model(x))  # (B,), (B,)
+        (gradient,) = torch.autograd.grad(answered.sum(), x)  # (B, C, H, W)
+        batch, channels, height, width = gradient.shape
+        cells = gradient.reshape(batch, channels, rows, height // rows, cols, width // cols).sum(dim=(3, 5))  # (B, C, r, c)
+        pooled = cells.reshape(batch, -1) if per_channel else cells.sum(dim=1).reshape(batch, -1)  # (B, d)
+        return pooled.detach(), column
+
+    return _gradient_view(model, data, batch_size, per_sample)
+
+
+def text_gradient_view(model: DNNClassifier, data: TensorData, token_features: np.ndarray, batch_size: int = 512) -> GradientView:
+    """Average gradient x input of a sentence DNN's answered logit, per word of z.
+
+    ``token_features``: (V,) the z index of each token id (-1 for padding, unknown words, stopwords and
+    other tokens that are not features). A token's saliency is its embedding times the logit's gradient
+    with respect to it; a feature's value is the sum over the sentence's tokens that are its word.
+    """
+    lookup = torch.as_tensor(token_features, dtype=torch.long, device=data.y.device)  # (V,)
+    num_features = model.args.num_features
+    embedding = model.generator.embedding
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(module, inputs, output):  # the embedded sentence, kept in the graph to take its gradient
+        captured["embedded"] = output
+
+    def per_sample(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        handle = embedding.register_forward_hook(keep)
+        try:
+            answered, column = _answered_logits(model(tokens))
+        finally:
+            handle.remove()
+        embedded = captured.pop("embedded")  # (B, T', E), T' >= T when short sentences were padded
+        (gradient,) = torch.autograd.grad(answered.sum(), embedded)
+        saliency = (gradient * embedded).sum(dim=-1)[:, : tokens.shape[1]].detach()  # (B, T)
+        features = lookup[tokens]  # (B, T) z index or -1
+        kept = features >= 0
+        pooled = torch.zeros(len(tokens), num_features + 1, device=tokens.device)  # last column: not a feature
+        pooled.scatter_add_(1, torch.where(kept, features, num_features), torch.where(kept, saliency, 0.0))
+        return pooled[:, :num_features], column
+
+    with torch.enable_grad():
+        return _gradient_view(model, data, batch_size, per_sample)
 
 
 def keep_and_retrain(
@@ -92,6 +156,10 @@ def keep_and_retrain(
         ``{ranking: {p: test error(p) - test error(all features)}}``.
     """
     num_features = train_z.shape[1]
+    if np.count_nonzero(train_z) < 0.1 * train_z.size:  # bags of words: sparse matrices fit many times faster
+        from scipy import sparse
+
+        train_z, test_z = sparse.csc_matrix(train_z), sparse.csc_matrix(test_z)
     baseline_error = _retrained_error(train_z, train_y, test_z, test_y, np.arange(num_features))
     gains: dict[str, dict[float, float]] = {}
     for name, importance in rankings.items():

@@ -41,8 +41,9 @@ class ModelArgs:
     task: str = "binary"  # "binary", "multiclass" or "regression"
     num_classes: int = 2  # classes for classification; 1 for regression
     num_features: int = 49  # d, size of the simplified input z
-    image_size: int = 28  # side of the square original image x
-    in_channels: int = 1
+    image_size: int = 28  # height H of the original image x (its side when image_width is 0)
+    image_width: int = 0  # width W of x; 0: square (W = H)
+    in_channels: int = 1  # 1 (grayscale) or 3 (RGB)
     conv_channels: list[int] = field(default_factory=lambda: [32, 32, 64])  # three conv blocks
     hidden_layers: int = 1  # L fully connected layers of U units before the output layer
     hidden_units: int = 256  # U
@@ -50,7 +51,7 @@ class ModelArgs:
     tau: float = 1.0  # Gumbel-softmax temperature in training
     use_gate: bool = True  # False: the "NGSLL without K-HGM" ablation (dense in training)
     mask_zero_features: bool = True  # mask m_j = 1 where z_j == 0
-    input_kind: str = "image"  # "image" (x: (B, C_in, H, H) floats) or "text" (x: (B, T) token ids)
+    input_kind: str = "image"  # "image" (x: (B, C_in, H, W) floats) or "text" (x: (B, T) token ids)
     vocab_size: int = 0  # text: token ids in [0, vocab_size), 0 = padding, 1 = unknown word
     embedding_dim: int = 300  # text: word vector size
     filter_widths: list[int] = field(default_factory=lambda: [3, 4, 5])  # text: convolution widths
@@ -76,6 +77,11 @@ class ModelArgs:
             raise ConfigError(f"text models need vocab_size >= 3 (padding, unknown, words), got {self.vocab_size}")
         validate_k(self.k, self.num_features)
         validate_tau(self.tau)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C_in, H, W) of an image model's original input x."""
+        return self.in_channels, self.image_size, self.image_width or self.image_size
 
     @property
     def num_outputs(self) -> int:
@@ -110,7 +116,7 @@ class NGSLLOutput(NamedTuple):
 
 
 def check_inputs(x: torch.Tensor, z: torch.Tensor, args: ModelArgs) -> None:
-    """Raise :class:`InputError` unless ``z`` is finite (B, d) and ``x`` is (B, C_in, H, H) finite pixels
+    """Raise :class:`InputError` unless ``z`` is finite (B, d) and ``x`` is (B, C_in, H, W) finite pixels
     (images) or (B, T) integer token ids in [0, vocab_size) (text)."""
     if args.input_kind == "text":
         if x.dim() != 2 or x.shape[1] < 1 or x.dtype not in (torch.int64, torch.int32):
@@ -118,7 +124,7 @@ def check_inputs(x: torch.Tensor, z: torch.Tensor, args: ModelArgs) -> None:
         if x.numel() and (x.min() < 0 or x.max() >= args.vocab_size):
             raise InputError(f"token ids must lie in [0, {args.vocab_size}), got {x.min().item()}..{x.max().item()}")
     else:
-        expected_x = (args.in_channels, args.image_size, args.image_size)
+        expected_x = args.image_shape
         if x.dim() != 4 or tuple(x.shape[1:]) != expected_x:
             raise InputError(f"x must have shape (B, {', '.join(map(str, expected_x))}), got {tuple(x.shape)}")
         if not torch.isfinite(x).all():
@@ -160,7 +166,7 @@ class NGSLL(nn.Module):
         """Predict and explain.
 
         Args:
-            x: (B, C_in, H, H) original images scaled to [0, 1], or (B, T) token ids for text.
+            x: (B, C_in, H, W) original images scaled to [0, 1], or (B, T) token ids for text.
             z: (B, d) simplified inputs.
             mask: optional (B, d) bool; defaults to :meth:`feature_mask`.
         """
@@ -192,7 +198,7 @@ class DNNClassifier(nn.Module):
         self.generator = build_generator(args, out_features=args.num_outputs)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Return (B, C) logits for (B, C_in, H, H) images or (B, T) token ids."""
+        """Return (B, C) logits for (B, C_in, H, W) images or (B, T) token ids."""
         if z is None:
             z = torch.zeros(x.shape[0], self.args.num_features, device=x.device)
         check_inputs(x, z, self.args)

@@ -12,6 +12,21 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
+def cell_maps(weights: np.ndarray, grid: Sequence[int]) -> np.ndarray:
+    """(n, d) weights over cells -> (n, rows, cols) maps; per-channel features (d = C x rows x cols) are
+    summed over the channels of each cell."""
+    rows, cols = grid
+    return np.asarray(weights).reshape(len(weights), -1, rows, cols).sum(axis=1)  # (n, rows, cols)
+
+
+def _show(axis, image: np.ndarray) -> None:
+    """An (H, W) or (C, H, W) image in [0, 1]: grayscale as dark ink on white (MNIST's look), RGB as is."""
+    if image.ndim == 3 and image.shape[0] == 3:
+        axis.imshow(np.clip(image.transpose(1, 2, 0), 0, 1))
+    else:
+        axis.imshow(image.reshape(image.shape[-2:]), cmap="gray_r", vmin=0, vmax=1)
+
+
 def weight_overlay_figure(
     images: np.ndarray,
     weight_maps: dict[str, np.ndarray],
@@ -20,24 +35,24 @@ def weight_overlay_figure(
     """Figure 3 of the paper: each image with its signed cell weights overlaid (red +, blue -).
 
     Args:
-        images: (n, H, H) grayscale images in [0, 1].
-        weight_maps: row name -> (n, c, c) signed weight maps (c cells per side, e.g. 7).
+        images: (n, H, W) grayscale or (n, C, H, W) images in [0, 1].
+        weight_maps: row name -> (n, rows, cols) signed weight maps (see :func:`cell_maps`).
         column_titles: n titles, e.g. the digit and the prediction.
     """
     rows = ["image", *weight_maps]
     n = len(images)
     figure, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.7 * len(rows)), squeeze=False)
-    side = images.shape[-1]
+    height, width = images.shape[-2:]
     for col in range(n):
-        axes[0, col].imshow(images[col], cmap="gray_r", vmin=0, vmax=1)
+        _show(axes[0, col], images[col])
         axes[0, col].set_title(column_titles[col], fontsize=8)
         for row, name in enumerate(weight_maps, start=1):
-            weights = weight_maps[name][col]  # (c, c)
+            weights = weight_maps[name][col]  # (rows, cols)
             limit = float(np.abs(weights).max()) or 1.0
-            axes[row, col].imshow(images[col], cmap="gray_r", vmin=0, vmax=1)
+            _show(axes[row, col], images[col])
             axes[row, col].imshow(
                 weights, cmap="bwr", vmin=-limit, vmax=limit, alpha=0.6,
-                extent=(-0.5, side - 0.5, side - 0.5, -0.5), interpolation="nearest",
+                extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest",
             )
     for row, name in enumerate(rows):
         axes[row, 0].set_ylabel(name, fontsize=8)

@@ -25,27 +25,41 @@ class ValidationFailed(NGSLLError):
     """A data-quality gate failed; the message summarises which expectations and sample values."""
 
 
-def raw_image_frame(images: np.ndarray, labels: np.ndarray, split: str) -> pd.DataFrame:
-    """One row per raw image: ``split, id, label, height, width, pixel_min, pixel_max, nonfinite``.
+def raw_image_frame(images: np.ndarray, labels: np.ndarray, split: str, files: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per raw image: ``split, id, file, label, height, width, channels, pixel_min, pixel_max, nonfinite``.
 
-    Accepts any numeric dtype (a user's float copy may hold NaN); shapes other than (N, H, W) raise.
+    ``images``: (N, H, W) or (N, H, W, C) of any numeric dtype (a user's float copy may hold NaN); ``labels``
+    as stored (numbers or class names, compared as text); other shapes raise.
     """
-    if images.ndim != 3:
-        raise ValidationFailed(f"{split} images must be a (N, H, W) array, got shape {images.shape}")
-    flat = images.reshape(len(images), images.shape[1] * images.shape[2]).astype(np.float64)  # (N, H*W)
+    if images.ndim == 3:
+        images = images[..., None]  # (N, H, W, 1)
+    if images.ndim != 4:
+        raise ValidationFailed(f"{split} images must be a (N, H, W) or (N, H, W, C) array, got shape {images.shape}")
+    flat = images.reshape(len(images), -1).astype(np.float64)  # (N, H*W*C)
     finite = np.isfinite(flat)
     pixel_min = np.where(finite, flat, np.inf).min(axis=1, initial=np.inf)  # NaN pixels are counted apart
     pixel_max = np.where(finite, flat, -np.inf).max(axis=1, initial=-np.inf)
     return pd.DataFrame({
         "split": split,
         "id": np.arange(len(images)),
-        "label": labels.astype(np.float64) if len(labels) == len(images) else np.nan,
+        "file": files if files is not None and len(files) == len(images) else "",
+        "label": [label_text(v) for v in labels] if len(labels) == len(images) else None,
         "height": images.shape[1],
         "width": images.shape[2],
+        "channels": images.shape[3],
         "pixel_min": pixel_min,
         "pixel_max": pixel_max,
         "nonfinite": (~finite).sum(axis=1),
     })
+
+
+def label_text(label: Any) -> str | None:
+    """A stored label as text (``3``, ``3.0`` and ``"3"`` alike), None for a missing one."""
+    if label is None or (isinstance(label, (float, np.floating)) and np.isnan(label)):
+        return None
+    if isinstance(label, (float, np.floating)) and float(label).is_integer():
+        return str(int(label))
+    return str(label.item() if isinstance(label, np.generic) else label)
 
 
 def prepared_frame(z: np.ndarray, mask: np.ndarray, y: np.ndarray, ids: np.ndarray, split: str) -> pd.DataFrame:
@@ -105,19 +119,34 @@ def raw_text_checks(num_classes: int, min_rows: int, max_rows: int) -> list[Chec
     ]
 
 
-def raw_checks(labels: list[int], min_rows: int, max_rows: int, height: int, width: int) -> list[Check]:
-    """Expectations for one raw split: row count, label set, image shape, pixel range 0-255, no nulls."""
+def raw_checks(labels: list[str], min_rows: int, max_rows: int, height: int, width: int, channels: int) -> list[Check]:
+    """Expectations for one raw image split: row count, labels in the set with every label present, one
+    image size and channel count, pixels finite in 0-255, unique ids."""
     return [
         ("ExpectTableRowCountToBeBetween", {"min_value": min_rows, "max_value": max_rows}),
         ("ExpectColumnValuesToNotBeNull", {"column": "label"}),
-        ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": [float(v) for v in labels]}),
+        ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": list(labels)}),
+        ("ExpectColumnDistinctValuesToContainSet", {"column": "label", "value_set": list(labels)}),
         ("ExpectColumnValuesToBeInSet", {"column": "height", "value_set": [height]}),
         ("ExpectColumnValuesToBeInSet", {"column": "width", "value_set": [width]}),
+        ("ExpectColumnValuesToBeInSet", {"column": "channels", "value_set": [channels]}),
         ("ExpectColumnValuesToBeInSet", {"column": "nonfinite", "value_set": [0]}),
         ("ExpectColumnValuesToBeBetween", {"column": "pixel_min", "min_value": 0, "max_value": 255}),
         ("ExpectColumnValuesToBeBetween", {"column": "pixel_max", "min_value": 0, "max_value": 255}),
         ("ExpectColumnValuesToBeUnique", {"column": "id"}),
     ]
+
+
+def class_share_frame(labels: pd.Series) -> pd.DataFrame:
+    """One row per label of a split: ``label, count, share`` (share of the split's rows)."""
+    counts = labels.value_counts(dropna=True)
+    return pd.DataFrame({"label": counts.index.astype(str), "count": counts.to_numpy(),
+                         "share": counts.to_numpy() / max(1, len(labels))})
+
+
+def class_share_checks(min_share: float) -> list[Check]:
+    """Every class holds at least ``min_share`` of its split (a class with a handful of images is refused)."""
+    return [("ExpectColumnValuesToBeBetween", {"column": "share", "min_value": min_share, "max_value": 1.0})]
 
 
 def prepared_checks(

@@ -9,11 +9,12 @@ out, one ``(status, payload)`` per request. Bad requests raise :class:`RequestEr
 
 Accepted request bodies for image models (:class:`ImageService`):
     * raw PNG/JPEG bytes of any size up to ``max_pixels`` (read from the image header before anything is
-      decoded, so a decompression bomb costs nothing): converted to 8-bit grayscale, resized to 28x28 and,
-      when the background is light (mean above mid-grey), inverted so ink is bright as in MNIST;
-    * JSON ``{"image": 28x28 nested list}`` with values in 0-1 or 0-255;
+      decoded, so a decompression bomb costs nothing): converted as training converted the dataset's images
+      (the archive's image spec: grayscale or RGB, resized to its height x width) and, for MNIST-like
+      datasets, inverted when the background is light (mean above mid-grey) so ink is bright;
+    * JSON ``{"image": H x W (grayscale) or H x W x 3 (RGB) nested list}`` with values in 0-1 or 0-255;
     * the KServe v1 envelope ``{"instances": [...]}`` whose items are either of the two above
-      (a PNG/JPEG as ``{"b64": "..."}``) or a bare 28x28 list; it is answered as ``{"predictions": [...]}``.
+      (a PNG/JPEG as ``{"b64": "..."}``) or a bare list; it is answered as ``{"predictions": [...]}``.
 
 Accepted request bodies for text models (:class:`TextService`):
     * a raw UTF-8 body: the sentence itself (a body starting with ``{`` or ``[`` is read as JSON);
@@ -45,7 +46,7 @@ from ngsll.simplify import image_inputs
 from ngsll.text import TextEncoder, tokenize
 
 ACCEPTED_IMAGE = (
-    "PNG or JPEG bytes (at most {max_pixels} pixels); JSON {{\"image\": 28x28 nested list of numbers in 0-1 or "
+    "PNG or JPEG bytes (at most {max_pixels} pixels); JSON {{\"image\": {shape} nested list of numbers in 0-1 or "
     "0-255}}; or the KServe v1 envelope {{\"instances\": [...]}} of such images (PNG/JPEG as {{\"b64\": ...}})"
 )
 ACCEPTED_TEXT = (
@@ -220,61 +221,98 @@ class Service(ABC):
         return answers, weights[np.arange(len(answers)), :, columns]  # (n, d)
 
 
-class ImageService(Service):
-    """Serve an image NGSLL model: every answer carries its top-K weights over the 7x7 cells.
+MNIST_SPEC = {"height": 28, "width": 28, "channels": 1, "grid": [7, 7], "cell_values": "luminance",
+              "invert_light_background": True}  # archives made before features.json carried an image spec
 
-    Takes the arguments of :class:`Service`; ``feature_names`` are the cell names (``r3c4``), and
+
+class ImageService(Service):
+    """Serve an image NGSLL model: every answer carries its top-K weights over the image's cells.
+
+    Takes the arguments of :class:`Service`; ``feature_names`` are the cell names (``r3c4``, or
+    ``r3c4:red`` for per-channel cells); ``spec`` is the prepared data's image spec (``height``, ``width``,
+    ``channels``, ``grid``, ``cell_values``, ``invert_light_background``; default MNIST's), and
     ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`) is the largest PNG/JPEG (width x height) decoded.
+    A PNG/JPEG of any size and mode is converted as training converted its images: to grayscale or RGB
+    (the model's channels), resized to height x width, scaled to [0, 1], and (where the spec says so)
+    inverted when its background is light.
     """
 
     def __init__(
         self, model: NGSLL, feature_names: list[str], class_names: list[str], max_bytes: int = DEFAULT_MAX_BYTES,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS, spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(model, feature_names, class_names, max_bytes)
         if model.args.input_kind != "image":
             raise ConfigError(f"ImageService serves image models; this one reads {model.args.input_kind}")
-        self.side = model.args.image_size
-        self.cells = int(round(len(self.feature_names) ** 0.5))
+        self.spec = dict(spec or MNIST_SPEC)
+        if (self.spec["channels"], self.spec["height"], self.spec["width"]) != model.args.image_shape:
+            raise ConfigError(f"the image spec {self.spec} does not match the model's input {model.args.image_shape}")
+        self.channels, self.height, self.width = model.args.image_shape
+        self.grid = [int(v) for v in self.spec["grid"]]
         self.max_pixels = max_pixels
-        self.accepted = ACCEPTED_IMAGE.format(max_pixels=max_pixels)
+        self.accepted = ACCEPTED_IMAGE.format(max_pixels=max_pixels, shape=self.list_shape)
         # channels_last: about 1.6x less CNN time per batch on CPU (benchmarks/explain_profile.py), same answers
         self.model = self.model.to(memory_format=torch.channels_last)
 
+    @property
+    def list_shape(self) -> str:
+        """The nested-list shape JSON images take: HxW (grayscale) or HxWx3 (RGB)."""
+        return f"{self.height}x{self.width}" + ("x3" if self.channels == 3 else "")
+
+    def pixels_from_array(self, values: Any) -> np.ndarray:
+        """(n, C, H, W) float32 from an array of n images in [0, 1]: (n, H, W) or (n, H*W) grayscale,
+        (n, H, W, 3) or (n, 3, H, W) RGB. Raises :class:`RequestError` for any other size."""
+        pixels = np.asarray(values, dtype=np.float32)
+        count = pixels.shape[0] if pixels.ndim else 0
+        if pixels.ndim == 4 and pixels.shape[-1] == self.channels and pixels.shape[1:3] == (self.height, self.width):
+            pixels = pixels.transpose(0, 3, 1, 2)  # channels last -> (n, C, H, W)
+        if pixels.size != count * self.channels * self.height * self.width:
+            raise RequestError(f"images must be {self.list_shape} (or flattened), got an array of shape {list(pixels.shape)}")
+        return pixels.reshape(count, self.channels, self.height, self.width)
+
     def _on_device(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device).contiguous(memory_format=torch.channels_last)  # (n, 1, H, W)
+        return x.to(self.device).contiguous(memory_format=torch.channels_last)  # (n, C, H, W)
 
     def _raw(self, body: bytes) -> np.ndarray:
-        return _image_from_bytes(body, self.side, self.max_pixels)
+        return _image_from_bytes(body, self.spec, self.max_pixels)
 
     def _instance(self, item: Any) -> np.ndarray:
         if isinstance(item, dict) and "image" in item:
-            return _image_from_list(item["image"], self.side)
+            return self._from_list(item["image"])
         if isinstance(item, dict) and "b64" in item:
             try:
                 raw = base64.b64decode(item["b64"], validate=True)
             except (binascii.Error, TypeError, ValueError) as error:
                 raise RequestError(f"\"b64\" is not valid base64 ({error})") from error
-            return _image_from_bytes(raw, self.side, self.max_pixels)
+            return _image_from_bytes(raw, self.spec, self.max_pixels)
         if isinstance(item, list):
-            return _image_from_list(item, self.side)
+            return self._from_list(item)
         raise RequestError("a JSON request must be {\"image\": [[...]]}, {\"b64\": ...} or {\"instances\": [...]}")
 
+    def _from_list(self, values: Any) -> np.ndarray:
+        pixels = _image_from_list(values, self.height, self.width, self.channels)  # (H, W) or (H, W, 3)
+        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, H, W)
+
     def _join(self, samples: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1, self.side, self.side) for s in samples])
+        shape = (-1, self.channels, self.height, self.width)
+        return np.concatenate([np.asarray(s, dtype=np.float32).reshape(shape) for s in samples])  # (n, C, H, W)
 
     def answer(self, inputs: np.ndarray, explain: bool = False) -> list[dict[str, Any]]:
-        """Answers for (n, 28, 28) images from one batched forward pass (see :func:`answers_from_output`).
+        """Answers for (n, C, H, W) images (or (n, H, W) grayscale) in [0, 1] from one batched forward pass
+        (see :func:`answers_from_output`).
 
         With ``explain`` each answer also has ``class_weights`` (every class's weight on each selected
-        feature) and ``weight_map`` (the cells x cells map of the answered class's sparse weights).
+        feature) and ``weight_map``: the answered class's sparse weights as a rows x cols grid (one grid per
+        channel, ``[C][rows][cols]``, when z holds a value per channel).
         """
-        x, z = image_inputs(inputs, self.cells)  # (n, 1, 28, 28), (n, d)
+        x, z = image_inputs(inputs, self.grid, self.spec["cell_values"])  # (n, C, H, W), (n, d)
         answers, class_weights = self._forward(x, z, explain)
         if explain:
-            maps = class_weights.reshape(-1, self.cells, self.cells).tolist()  # (n, cells, cells)
-            for answer, weight_map in zip(answers, maps):
-                answer["weight_map"] = weight_map
+            rows, cols = self.grid
+            per_channel = class_weights.shape[1] // (rows * cols)
+            maps = class_weights.reshape(-1, per_channel, rows, cols)  # (n, values, rows, cols)
+            for answer, weight_map in zip(answers, maps.tolist()):
+                answer["weight_map"] = weight_map[0] if per_channel == 1 else weight_map
         return answers
 
 
@@ -353,7 +391,8 @@ def load_service(
     if not isinstance(model, NGSLL):
         raise ConfigError(f"{checkpoint_path} holds a {model.args.kind} model; only NGSLL models are served")
     if model.args.input_kind == "image":
-        return ImageService(model, features["feature_names"], features["class_names"], max_bytes)
+        return ImageService(model, features["feature_names"], features["class_names"], max_bytes,
+                            spec=features.get("image"))
     if encoder_path is None or not Path(encoder_path).exists():
         raise ConfigError(f"{checkpoint_path} is a text model: it needs the prepared data's encoder.json "
                           f"(got {encoder_path})")
@@ -376,7 +415,8 @@ def _sentence(text: Any) -> str:
     return text
 
 
-def _image_from_bytes(body: bytes, side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def _image_from_bytes(body: bytes, spec: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """(C, H, W) pixels in [0, 1] of a PNG/JPEG converted as the spec says (see :class:`ImageService`)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -387,26 +427,30 @@ def _image_from_bytes(body: bytes, side: int, max_pixels: int = DEFAULT_MAX_PIXE
             if width * height > max_pixels:
                 raise RequestError(f"the image is {width}x{height} = {width * height} pixels; the limit is "
                                    f"{max_pixels} pixels")
-            gray = picture.convert("L").resize((side, side), Image.Resampling.BILINEAR)
-            pixels = np.asarray(gray, dtype=np.float32) / 255.0  # (side, side)
+            converted = picture.convert("RGB" if spec["channels"] == 3 else "L")
+            resized = converted.resize((spec["width"], spec["height"]), Image.Resampling.BILINEAR)
+            pixels = np.asarray(resized, dtype=np.float32).reshape(spec["height"], spec["width"], -1) / 255.0
     except RequestError:
         raise
     except Image.DecompressionBombError as error:  # PIL's own guard fires in open() beyond ~179 megapixels
         raise RequestError(f"the image is a decompression bomb ({error}); the limit is {max_pixels} pixels") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise RequestError(f"the body is not a readable PNG/JPEG image ({error})") from error
-    if pixels.mean() > 0.5:  # dark ink on a light background: MNIST has bright ink on black
+    if spec.get("invert_light_background") and pixels.mean() > 0.5:  # dark ink on light paper: MNIST's is bright
         pixels = 1.0 - pixels
-    return pixels
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))  # (C, H, W)
 
 
-def _image_from_list(values: Any, side: int) -> np.ndarray:
+def _image_from_list(values: Any, height: int, width: int, channels: int = 1) -> np.ndarray:
+    """(H, W) or (H, W, 3) pixels in [0, 1] of a nested list in 0-1 or 0-255."""
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    described = "x".join(map(str, shape))
     try:
         pixels = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise RequestError(f"\"image\" must be a {side}x{side} nested list of numbers ({error})") from error
-    if pixels.shape != (side, side):
-        raise RequestError(f"\"image\" must be a {side}x{side} nested list, got shape {list(pixels.shape)}")
+        raise RequestError(f"\"image\" must be a {described} nested list of numbers ({error})") from error
+    if pixels.shape != shape:
+        raise RequestError(f"\"image\" must be a {described} nested list, got shape {list(pixels.shape)}")
     if not np.isfinite(pixels).all():
         raise RequestError("\"image\" contains NaN or infinite values")
     if pixels.min() < 0 or pixels.max() > 255:

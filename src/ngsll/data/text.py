@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ngsll.data.labels import check_class_labels
 from ngsll.errors import DataSourceError
 
 FORMATS = ("trec", "mr", "csv", "tsv", "parquet")
@@ -180,6 +181,8 @@ def read_table(
     if (raw_labels == "").any():
         raise TextDataError(f"{path}: column {label_column!r} has empty labels in rows "
                             f"{np.flatnonzero(raw_labels == '')[:5].tolist()}")
+    if not class_names:
+        check_class_labels(raw_labels.to_numpy(), f"{path}: column {label_column!r}")
     names = list(class_names) if class_names else sorted(raw_labels.unique().tolist())
     unknown = sorted(set(raw_labels) - set(names))
     if unknown:

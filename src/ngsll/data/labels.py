@@ -1,0 +1,37 @@
+"""Checks on label columns shared by every kind of dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ngsll.errors import DataSourceError
+
+MAX_CLASSES = 100  # more distinct labels than this under a classification task: surely a continuous target
+
+
+class LabelError(DataSourceError):
+    """Labels that a classification task cannot take; the message names the column and what is accepted."""
+
+
+def check_class_labels(labels: np.ndarray, where: str, max_classes: int = MAX_CLASSES) -> None:
+    """Refuse labels that look like a continuous target under a classification task.
+
+    Numeric labels (numbers, or strings that all parse as numbers) with a fractional part, or more than
+    ``max_classes`` distinct values, raise :class:`LabelError` naming ``where`` and suggesting
+    ``task: regression``.
+    """
+    values = np.asarray(labels)
+    if values.dtype.kind in "US":
+        try:
+            values = values.astype(np.float64)
+        except ValueError:  # words: class names, never continuous
+            values = np.asarray(labels)
+    distinct = np.unique(values)
+    fractional = values.dtype.kind == "f" and not np.all(np.isnan(values) | (values == np.round(values)))
+    if fractional or len(distinct) > max_classes:
+        reason = "values with a fractional part" if fractional else f"{len(distinct)} distinct values"
+        raise LabelError(
+            f"{where} holds {reason} (e.g. {', '.join(map(str, distinct[:5]))}): that looks like a continuous "
+            f"target, not classes. Use task: regression for a real-valued target, or map the values to at most "
+            f"{max_classes} classes"
+        )
