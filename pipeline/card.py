@@ -1,9 +1,13 @@
-"""Stage `card`: the model card (Markdown with Hugging Face front matter, and self-contained HTML),
-rendered from pipeline/templates/model_card.md.j2 with what the pipeline measured."""
+"""Stage `card`: the model card of one dataset's served model (Markdown with Hugging Face front matter, and
+self-contained HTML), rendered from pipeline/templates/model_card.md.j2 with what the pipeline measured.
+
+The template adapts to the kind (pixel maps for images; top-word tables and the Figure-5 sentences for
+text) and to the task (one section per class for multi-class models)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import mlflow
@@ -11,12 +15,14 @@ import torch
 
 from ngsll.card import render_html, render_markdown
 from ngsll.checkpoint import model_from_checkpoint
-from ngsll.config import section
+from ngsll.config import DatasetSettings, dataset_settings
 from ngsll.evaluation import format_table
 from ngsll.explain import predict_explain
 from ngsll_plugins.run_context import version_tags
 from ngsll_plugins.tracking import configure, end_runs_on_signal
 from stage_io import load_checkpoint, load_params, load_split, log, read_json, setup_logging, write_text
+
+TOP_WORDS_PER_CLASS = 5  # words per class in the card's class sections
 
 
 def phase_row(name: str, checkpoint: dict) -> dict:
@@ -29,24 +35,97 @@ def phase_row(name: str, checkpoint: dict) -> dict:
 
 
 def examples(checkpoint: dict, split, features: dict, per_class: int = 2) -> list[dict]:
+    """Local explanations of the first test samples of each class: what was shown, the answer, the features."""
     model = model_from_checkpoint(checkpoint)
-    chosen = [i for c in (0, 1) for i in (split.y == c).nonzero()[0][:per_class]]
+    classes = features["class_names"]
+    per_class = 1 if len(classes) > 4 else per_class
+    chosen = [int(i) for c in range(len(classes)) for i in (split.y == c).nonzero()[0][:per_class]]
     x, z = torch.from_numpy(split.x[chosen]), torch.from_numpy(split.z[chosen])
-    answers = predict_explain(model, x, z, features["feature_names"], features["class_names"])
-    return [{"digit": int(split.digits[i]), "label": a["label"], "logit": a["logit"],
-             "cells": ", ".join(f"{w['feature']} ({w['contribution']:+.2f})" for w in a["weights"])}
-            for i, a in zip(chosen, answers)]
+    answers = predict_explain(model, x, z, features["feature_names"], classes)
+    shown = [split.texts[i] for i in chosen] if hasattr(split, "texts") else [str(split.source_labels[i]) for i in chosen]
+    return [{"input": text, "truth": classes[split.y[i]], "label": a["label"],
+             "logit": a["logits"][a["label"]] if "logits" in a else a["logit"],
+             "features": ", ".join(f"{w['feature']} ({w['contribution']:+.2f})" for w in a["weights"]) or "none"}
+            for i, text, a in zip(chosen, shown, answers)]
+
+
+def class_sections(importance: dict, k: int, features: dict) -> list[dict]:
+    """Per class: the features NormLIME ranks highest for the samples predicted as that class."""
+    by_k = importance["by_k"][str(k)]
+    names = features["feature_names"]
+    sections = []
+    for name in features["class_names"]:
+        scores, signed = by_k["normlime_by_class"][name], by_k["signed_by_class"][name]
+        order = sorted(range(len(names)), key=lambda j: -scores[j])[:TOP_WORDS_PER_CLASS]
+        sections.append({"name": name, "top": ", ".join(f"{names[j]} ({signed[j]:+.3f})" for j in order if scores[j] > 0)
+                         or "no feature was ever chosen"})
+    return sections
+
+
+def data_versions(tags: dict[str, str]) -> dict[str, str]:
+    """DVC output path -> md5 from the run-context tags (``dvc.data.<path>``)."""
+    return {key.removeprefix("dvc.data."): value for key, value in tags.items() if key.startswith("dvc.data.")}
+
+
+def context_for(dataset: DatasetSettings, params: dict, args: argparse.Namespace) -> dict:
+    serve, ks = dataset.serve, dataset.ks
+    k = int(serve["k"])
+    fine, coarse = load_checkpoint(args.fine_dir / f"k{k}.pt"), load_checkpoint(args.coarse)
+    features = read_json(args.data_dir / "features.json")
+    evaluation = read_json(args.evaluation)
+    explain = read_json(args.explain_metrics)
+    importance = read_json(args.explain_dir / "importance.json")
+    accuracy = {name: {int(key): v for key, v in row.items()} for name, row in evaluation["test_accuracy"].items()}
+    timing = evaluation["timing_ms_per_sample"]
+    splits = {name: load_split(args.data_dir / f"{name}.npz") for name in ("train", "validation", "test")}
+    tags = version_tags()
+    classes = features["class_names"]
+    return {
+        "kind": dataset.kind,
+        "task": fine["model_args"]["task"],
+        "model": {"name": serve["model_name"], "k": fine["model_args"]["k"], "version": serve["version"],
+                  "registered_name": dataset.tracking["registered_model"], **fine["model_args"]},
+        "version": {"commit": tags.get("ngsll.git.commit"), "mlflow_run_id": fine.get("mlflow_run_id"),
+                    "data": {path: md5 for path, md5 in data_versions(tags).items()
+                             if re.search(rf"/{re.escape(dataset.name)}(\.json|/|$)", path)}},
+        "dataset": {"name": dataset.name, "description": dataset.data["description"], "seed": params["seed"],
+                    "classes": classes, "num_features": len(features["feature_names"]),
+                    "representation": features["representation"], "image": features.get("image"),
+                    **{name: len(split.y) for name, split in splits.items()}},
+        "validation": [
+            {"name": path.stem, "verdict": "passed" if report["success"] else "FAILED",
+             "total": sum(len(b["results"]) for b in report["results"].values()),
+             "passed": sum(r["success"] for b in report["results"].values() for r in b["results"]),
+             "dropped": report.get("dropped")}
+            for path, report in ((p, read_json(p)) for p in args.validation)
+        ],
+        "training": [phase_row("coarse", coarse), phase_row(f"fine (K={fine['model_args']['k']})", fine)],
+        "evaluation": {"table": format_table(accuracy, ks, title="test accuracy"),
+                       "ngsll_accuracy": {key: accuracy["NGSLL"][key] for key in ks}},
+        "interpretation": {"examples": examples(fine, splits["test"], features),
+                           "classes": class_sections(importance, k, features),
+                           "surrogate_agreement": explain.get("dnn_surrogate_agreement"),
+                           "faithfulness_table": (args.explain_dir / "faithfulness.md").read_text(),
+                           "top_words": (args.explain_dir / "top_words.md").read_text()
+                           if (args.explain_dir / "top_words.md").exists() else None},
+        "latency": {"table": format_table(
+            {"batched (256)": {key: timing[str(key)]["ms_per_sample_batched"] for key in ks},
+             "one at a time": {key: timing[str(key)]["ms_per_sample_single"] for key in ks}},
+            ks, title=f"ms per sample, {evaluation['device']}")},
+        "serve": serve,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", required=True, help="a name under datasets in params.yaml")
     parser.add_argument("--template", type=Path, required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--coarse", type=Path, required=True)
-    parser.add_argument("--fine", type=Path, required=True, help="the served fine checkpoint")
+    parser.add_argument("--fine-dir", type=Path, required=True, help="folder of fine checkpoints (serve.k is carded)")
     parser.add_argument("--evaluation", type=Path, required=True, help="evaluate's metrics JSON")
-    parser.add_argument("--explain", type=Path, required=True, help="explain's metrics JSON")
-    parser.add_argument("--faithfulness", type=Path, required=True, help="explain's faithfulness table")
+    parser.add_argument("--explain-dir", type=Path, required=True, help="explain's folder (importance, tables)")
+    parser.add_argument("--explain-metrics", type=Path, required=True, help="explain's metrics JSON")
     parser.add_argument("--validation", type=Path, nargs="+", required=True, help="GX result JSON files")
     parser.add_argument("--out", type=Path, required=True, help="model_card.md (the .html goes beside it)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -54,48 +133,17 @@ def main() -> None:
     setup_logging()
     end_runs_on_signal()
     params = load_params(args.params)
-    serve, ks = section(params, "serve"), [int(k) for k in section(params, "train", "ks")]
-    fine, coarse = load_checkpoint(args.fine), load_checkpoint(args.coarse)
-    features = read_json(args.data_dir / "features.json")
-    evaluation, explain = read_json(args.evaluation), read_json(args.explain)
-    accuracy = {name: {int(k): v for k, v in row.items()} for name, row in evaluation["test_accuracy"].items()}
-    timing = evaluation["timing_ms_per_sample"]
-    splits = {name: load_split(args.data_dir / f"{name}.npz") for name in ("train", "validation", "test")}
-    tags = version_tags()
-
-    context = {
-        "model": {"name": serve["model_name"], "k": fine["model_args"]["k"], "version": serve["version"],
-                  "registered_name": section(params, "tracking", "registered_model"), **fine["model_args"]},
-        "version": {"commit": tags.get("ngsll.git.commit"), "mlflow_run_id": fine.get("mlflow_run_id"),
-                    "data": {k.removeprefix("dvc.data."): v for k, v in tags.items() if k.startswith("dvc.data.")}},
-        "dataset": {"name": "mnist", "description": "MNIST, binary labels 0-4 vs 5-9", "seed": params["seed"],
-                    **{name: len(split.y) for name, split in splits.items()}},
-        "validation": [
-            {"name": path.stem, "verdict": "passed" if report["success"] else "FAILED",
-             "total": sum(len(b["results"]) for b in report["results"].values()),
-             "passed": sum(r["success"] for b in report["results"].values() for r in b["results"])}
-            for path, report in ((p, read_json(p)) for p in args.validation)
-        ],
-        "training": [phase_row("coarse", coarse), phase_row(f"fine (K={fine['model_args']['k']})", fine)],
-        "evaluation": {"table": format_table(accuracy, ks, title="test accuracy"),
-                       "ngsll_accuracy": {k: accuracy["NGSLL"][k] for k in ks}},
-        "interpretation": {"examples": examples(fine, splits["test"], features),
-                           "surrogate_agreement": explain.get("dnn_surrogate_agreement"),
-                           "faithfulness_table": args.faithfulness.read_text()},
-        "latency": {"table": format_table(
-            {"batched (256)": {k: timing[str(k)]["ms_per_sample_batched"] for k in ks},
-             "one at a time": {k: timing[str(k)]["ms_per_sample_single"] for k in ks}},
-            ks, title=f"ms per sample, {evaluation['device']}")},
-        "serve": serve,
-    }
+    dataset = dataset_settings(params, args.dataset)
+    context = context_for(dataset, params, args)
     card = render_markdown(args.template.read_text(), context)
     write_text(args.out, card)
     html_path = args.out.with_suffix(".html")
-    write_text(html_path, render_html(card, args.out.parent, f"Model card: {serve['model_name']}"))
+    write_text(html_path, render_html(card, args.out.parent, f"Model card: {context['model']['name']}"))
     log.info("wrote %s and %s", args.out, html_path)
-    if fine.get("mlflow_run_id"):
-        configure(section(params, "tracking", "experiment"))
-        with mlflow.start_run(run_id=fine["mlflow_run_id"]):
+    run_id = context["version"]["mlflow_run_id"]
+    if run_id:
+        configure(dataset.tracking["experiment"])
+        with mlflow.start_run(run_id=run_id):
             mlflow.log_artifact(str(args.out), artifact_path="card")
             mlflow.log_artifact(str(html_path), artifact_path="card")
 

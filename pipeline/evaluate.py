@@ -19,7 +19,7 @@ from ngsll.baselines import LINEAR_MODELS, LinearBaseline
 from ngsll.config import dataset_settings, section
 from ngsll.evaluation import format_table, time_explanations
 from ngsll.importance import answered_weights
-from ngsll.plots import accuracy_vs_k_figure, training_curves_figure, weight_overlay_figure
+from ngsll.plots import accuracy_vs_k_figure, cell_maps, training_curves_figure, weight_overlay_figure
 from ngsll.textviz import ExplainedSentence, sentences_page
 from ngsll.train import TensorData, device_description, evaluate, pick_device
 from ngsll_plugins.tracking import (
@@ -31,7 +31,6 @@ from stage_io import (
 )
 
 NGSLL, DENSE, DNN = "NGSLL", "NGSLL (w/o K-HGM)", "DNN"
-TITLES = {"mnist": "binary MNIST", "trec": "TREC", "mr": "MR (movie-review polarity)"}
 
 
 def linear_models(weights_path: Path) -> dict[str, LinearBaseline]:
@@ -45,12 +44,15 @@ def linear_models(weights_path: Path) -> dict[str, LinearBaseline]:
         }
 
 
-def weight_maps(model, data: TensorData, cells: int) -> np.ndarray:
-    """(n, cells, cells) signed weights the model uses for each sample (dense ones for the ablation)."""
+def weight_maps(model, data: TensorData, grid: list[int]) -> np.ndarray:
+    """(n, rows, cols) signed weights of the answered class the model uses for each sample (dense ones for the
+    ablation), summed over channels where z holds one value per channel."""
     with torch.inference_mode():
         output = model(data.x, data.z)
-    weights = output.weights if model.args.use_gate else output.dense_weights  # (n, d, 1)
-    return weights[..., 0].cpu().numpy().reshape(-1, cells, cells)
+    weights = output.weights if model.args.use_gate else output.dense_weights  # (n, d, C)
+    answered = output.logits.argmax(dim=1) if weights.shape[2] > 1 else torch.zeros(len(weights), dtype=torch.long)
+    chosen = weights[torch.arange(len(weights)), :, answered.to(weights.device)]  # (n, d)
+    return cell_maps(chosen.cpu().numpy(), grid)
 
 
 def explained_sentences(models: dict, ks: list[int], split, chosen: np.ndarray, class_names: list[str],
@@ -68,7 +70,7 @@ def explained_sentences(models: dict, ks: list[int], split, chosen: np.ndarray, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dataset", default="mnist", help="mnist or a name under text.datasets")
+    parser.add_argument("--dataset", required=True, help="a name under datasets in params.yaml")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--fine-dir", type=Path, required=True, help="folder of fine checkpoints k<K>.pt")
     parser.add_argument("--coarse", type=Path, required=True)
@@ -85,7 +87,7 @@ def main() -> None:
     end_runs_on_signal()
     params = load_params(args.params)
     dataset = dataset_settings(params, args.dataset)
-    settings, ks = section(params, "evaluate"), [int(k) for k in section(dataset.train, "ks")]
+    settings, ks = section(params, "evaluate"), dataset.ks
     features = read_json(args.data_dir / "features.json")
     device = pick_device(params.get("device", "auto"))
     test_split = load_split(args.data_dir / "test.npz")
@@ -109,7 +111,7 @@ def main() -> None:
         accuracy[name] = {k: float((model.predict(test_split.z, k) == test_split.y).mean()) for k in ks}
     accuracy[DNN] = {0: evaluate(models["dnn"], test)["accuracy"]}
 
-    table = format_table(accuracy, ks, title=f"{TITLES.get(args.dataset, args.dataset)} test accuracy")
+    table = format_table(accuracy, ks, title=f"{dataset.data['description']}: test accuracy")
     timing_rows = {
         "NGSLL batched": {k: timing[str(k)]["ms_per_sample_batched"] for k in ks},
         "NGSLL single": {k: timing[str(k)]["ms_per_sample_single"] for k in ks},
@@ -137,18 +139,22 @@ def main() -> None:
         "accuracy_vs_k.png": accuracy_vs_k_figure(accuracy, ks),
     }
     per_class = int(settings["figure_digits_per_class" if dataset.input_kind == "image" else "figure_sentences_per_class"])
+    if dataset.kind == "image":  # a readable figure: at most 12 images across, at least one per class
+        per_class = max(1, min(per_class, 12 // len(features["class_names"])))
     chosen = np.concatenate([np.flatnonzero(test_split.y == c)[:per_class] for c in range(len(features["class_names"]))])
     if dataset.input_kind == "image":
         sample = TensorData.from_arrays(test_split.x[chosen], test_split.z[chosen], test_split.y[chosen], device=device)
-        cells = int(dataset.data["cells"])
-        maps = {f"NGSLL K={k}": weight_maps(models[k], sample, cells) for k in ks}
-        maps["w/o K-HGM (dense)"] = weight_maps(models["dense"], sample, cells)
-        titles = [f"digit {d}" for d in test_split.digits[chosen]]
-        figures["weights.png"] = weight_overlay_figure(test_split.x[chosen, 0], maps, titles)
+        grid = features["image"]["grid"]
+        maps = {f"NGSLL K={k}": weight_maps(models[k], sample, grid) for k in ks}
+        maps["w/o K-HGM (dense)"] = weight_maps(models["dense"], sample, grid)
+        classes = features["class_names"]
+        titles = [f"{label} ({classes[y]})" if label != classes[y] else label
+                  for label, y in zip(test_split.source_labels[chosen], test_split.y[chosen])]
+        figures["weights.png"] = weight_overlay_figure(test_split.x[chosen], maps, titles)
     else:
         sentences = explained_sentences(models, ks, test_split, chosen, features["class_names"],
                                         features["feature_names"], device)
-        title = f"{TITLES.get(args.dataset, args.dataset)}: words chosen by NGSLL and their weights"
+        title = f"{dataset.data['description']}: words chosen by NGSLL and their weights"
         write_text(args.figures / "sentences.html", sentences_page(title, sentences, set(features["feature_names"])))
     for name, figure in figures.items():
         save_figure(figure, args.figures / name)

@@ -1,6 +1,8 @@
 """Stage `explain`: NormLIME global and class-specific importance from every fine model's sparse
 weights, beside SP-LIME, mean |w| and the DNN's average input gradient, and a Keep-And-Retrain
-faithfulness check of each ranking (random included).
+faithfulness check of each ranking (random included). Images and text alike: over cells, the pictures are
+signed maps on each class's average image; over words, the top words of each class with their signed
+mean weight (``top_words.md`` and ``top_words.png``).
 
 ``explain.engine: ray`` computes the NormLIME passes on Ray Data instead (same numbers; a local Ray, or
 the cluster at ``explain.ray.address`` / ``RAY_ADDRESS``), optionally writing each sample's sparse
@@ -14,11 +16,15 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from ngsll.config import section
+from ngsll.config import DatasetSettings, dataset_settings, section
 from ngsll.evaluation import format_table
-from ngsll.importance import accumulate_normlime, input_gradient_view, keep_and_retrain, lime_local_weights
+from ngsll.importance import (
+    GradientView, accumulate_normlime, input_gradient_view, keep_and_retrain, lime_local_weights, text_gradient_view,
+    top_features,
+)
 from ngsll.normlime import NormLIME
-from ngsll.plots import faithfulness_figure, weight_overlay_figure
+from ngsll.plots import cell_maps, faithfulness_figure, top_features_figure, weight_overlay_figure
+from ngsll.text import TextEncoder
 from ngsll.train import TensorData, pick_device
 from ngsll_plugins.tracking import configure, end_runs_on_signal
 from stage_io import (
@@ -27,6 +33,7 @@ from stage_io import (
 )
 
 ENGINES = ("local", "ray")
+TOP_WORDS = 10  # words per class in the text tables and charts
 
 
 def fine_normlime(checkpoint_path: Path, data: TensorData, split, num_classes: int, settings: dict, device,
@@ -48,8 +55,65 @@ def fine_normlime(checkpoint_path: Path, data: TensorData, split, num_classes: i
     return result.normlime
 
 
+def gradient_view(dataset: DatasetSettings, dnn_path: Path, data: TensorData, features: dict, data_dir: Path,
+                  batch_size: int, device) -> GradientView:
+    """The DNN's mean input gradient over the cells (images) or the words (text) of z."""
+    model = load_model(dnn_path, device)
+    if dataset.kind == "image":
+        return input_gradient_view(model, data, features["image"]["grid"], batch_size)
+    encoder = TextEncoder.from_dict(read_json(data_dir / "encoder.json"))
+    return text_gradient_view(model, data, encoder.token_features(), batch_size)
+
+
+def lime_rankings(dataset: DatasetSettings, settings: dict, dnn_path: Path, split, features: dict, names: list,
+                  classes: list, seed: int, device) -> dict[str, np.ndarray]:
+    """NormLIME over LIME explanations of the DNN, where enabled and supported (binary grayscale square grids)."""
+    if not settings["lime"]["enabled"]:
+        return {}
+    image = features.get("image") or {}
+    rows, cols = image.get("grid", [0, 1])
+    if dataset.kind != "image" or len(classes) != 2 or image.get("channels") != 1 or rows != cols:
+        log.warning("explain.lime is implemented for binary grayscale images on a square grid; skipped for %s",
+                    dataset.name)
+        return {}
+    count = min(int(settings["lime"]["samples"]), len(split.y))
+    lime_weights, lime_predicted = lime_local_weights(
+        load_model(dnn_path, device), split.x[:count, 0], rows, int(settings["lime"]["num_samples"]), seed
+    )
+    log.info("LIME explained %d %s images of the DNN", count, settings["split"])
+    return {"NormLIME over LIME (DNN)": NormLIME(len(names), len(classes)).update(lime_weights, lime_predicted).global_importance_}
+
+
+def image_pictures(split, normlimes: dict[str, NormLIME], global_maps: dict[str, np.ndarray], shown_k: str,
+                   features: dict, out_dir: Path) -> None:
+    """Signed NormLIME maps over each class's average image, and every method's global map at the served K."""
+    grid, classes = features["image"]["grid"], features["class_names"]
+    averages = np.stack([split.x[split.y == c].mean(axis=0) if (split.y == c).any() else np.zeros(split.x.shape[1:])
+                         for c in range(len(classes))])  # (classes, C, H, W)
+    class_maps = {f"NormLIME signed, {k}": cell_maps(n.class_signed_, grid) for k, n in normlimes.items()}
+    save_figure(weight_overlay_figure(averages, class_maps, [f"class {c} (average)" for c in classes]),
+                out_dir / "class_maps.png")
+    method_maps = {name: cell_maps(vector[None], grid) for name, vector in global_maps.items()}
+    save_figure(weight_overlay_figure(split.x.mean(axis=0)[None], method_maps, [f"all images, {shown_k}"]),
+                out_dir / "global_maps.png")
+
+
+def text_pictures(normlime: NormLIME, names: list[str], classes: list[str], shown_k: str, out_dir: Path) -> dict:
+    """The top words of each predicted class (NormLIME importance, signed mean weight) as a table and a chart."""
+    tables = {name: top_features(normlime.class_importance_[c], normlime.class_signed_[c], names, TOP_WORDS)
+              for c, name in enumerate(classes)}
+    sections = [format_table({row["feature"]: {"NormLIME": row["importance"], "signed weight": row["signed_weight"]}
+                              for row in table}, ["NormLIME", "signed weight"], title=f"predicted {name}, {shown_k}",
+                             column="{}", precision=4)
+                for name, table in tables.items()]
+    write_text(out_dir / "top_words.md", "\n\n".join(sections) + "\n")
+    save_figure(top_features_figure(tables, title=f"top words by predicted class, {shown_k}"), out_dir / "top_words.png")
+    return tables
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", required=True, help="a name under datasets in params.yaml")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--fine-dir", type=Path, required=True, help="folder of fine checkpoints k<K>.pt")
     parser.add_argument("--dnn", type=Path, required=True)
@@ -60,39 +124,36 @@ def main() -> None:
     setup_logging()
     end_runs_on_signal()
     params = load_params(args.params)
-    settings, ks = section(params, "explain"), [int(k) for k in section(params, "train", "ks")]
+    dataset = dataset_settings(params, args.dataset)
+    settings, ks = section(params, "explain"), dataset.ks
     if settings["engine"] not in ENGINES:
         raise SystemExit(f"explain.engine must be one of {ENGINES}, got {settings['engine']!r}")
-    cells = int(section(params, "data", "cells"))
     features = read_json(args.data_dir / "features.json")
     names, classes = features["feature_names"], features["class_names"]
     device = pick_device(params.get("device", "auto"))
     split = load_split(args.data_dir / f"{settings['split']}.npz")
     data = TensorData.from_arrays(split.x, split.z, split.y, device=device)
 
-    gradient = input_gradient_view(load_model(args.dnn, device), data, cells, int(settings["batch_size"]))
-    log.info("DNN linear surrogate sign(z^T g) agrees with the DNN on %.3f of %s", gradient.surrogate_agreement, settings["split"])
+    gradient = gradient_view(dataset, args.dnn, data, features, args.data_dir, int(settings["batch_size"]), device)
+    log.info("DNN linear surrogate of the mean gradient agrees with the DNN on %.3f of %s",
+             gradient.surrogate_agreement, settings["split"])
     rng = np.random.default_rng(int(params["seed"]))
     train = load_split(args.data_dir / "train.npz")
     subset = rng.choice(len(train.y), size=min(int(settings["retrain_samples"]), len(train.y)), replace=False)
     random_ranking = rng.permutation(len(names)).astype(float)
-    extra_rankings = {}
-    if settings["lime"]["enabled"]:  # LIME of the DNN, aggregated by NormLIME; slow, hence capped
-        count = min(int(settings["lime"]["samples"]), len(split.y))
-        lime_weights, lime_predicted = lime_local_weights(
-            load_model(args.dnn, device), split.x[:count, 0], cells, int(settings["lime"]["num_samples"]), int(params["seed"])
-        )
-        lime_normlime = NormLIME(len(names), len(classes)).update(lime_weights, lime_predicted)
-        extra_rankings["NormLIME over LIME (DNN)"] = lime_normlime.global_importance_
-        log.info("LIME explained %d %s digits of the DNN", count, settings["split"])
+    extra_rankings = lime_rankings(dataset, settings, args.dnn, split, features, names, classes, int(params["seed"]), device)
 
-    importance: dict[str, dict] = {"feature_names": names, "class_names": classes, "split": settings["split"],
-                                   "dnn_mean_gradient": gradient.mean_gradient.tolist(), "by_k": {}}
+    importance: dict[str, dict] = {"kind": dataset.kind, "feature_names": names, "class_names": classes,
+                                   "split": settings["split"], "dnn_mean_gradient": gradient.mean_gradient.tolist(),
+                                   "dnn_class_gradient": gradient.class_gradient.tolist(), "by_k": {}}
     gains: dict[str, dict[str, dict[float, float]]] = {}
-    class_maps, global_maps = {}, {}
+    normlimes: dict[str, NormLIME] = {}
+    global_maps: dict[str, dict[str, np.ndarray]] = {}
+    fractions = [float(f) for f in settings["fractions"]]
     for k in ks:
         normlime = fine_normlime(args.fine_dir / f"k{k}.pt", data, split, len(classes), settings, device,
                                  args.out_dir / f"weights_k{k}")
+        normlimes[f"K={k}"] = normlime
         importance["by_k"][str(k)] = {
             "normlime": normlime.global_importance_.tolist(),
             "normlime_by_class": dict(zip(classes, normlime.class_importance_.tolist())),
@@ -106,23 +167,21 @@ def main() -> None:
                     "mean abs weight": normlime.mean_abs_, "abs mean gradient (DNN)": np.abs(gradient.mean_gradient),
                     **extra_rankings, "random": random_ranking}
         gains[f"K={k}"] = keep_and_retrain(rankings, train.z[subset], train.y[subset], split.z, split.y,
-                                           fractions=[float(f) for f in settings["fractions"]])
-        class_maps[f"NormLIME signed, K={k}"] = normlime.class_signed_.reshape(-1, cells, cells)
+                                           fractions=fractions)
         global_maps[f"K={k}"] = {name: ranking for name, ranking in rankings.items() if name != "random"}
+        log.info("K=%d: NormLIME and Keep-And-Retrain done", k)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if extra_rankings:
         importance["lime_normlime_dnn"] = extra_rankings["NormLIME over LIME (DNN)"].tolist()
+    served = int(dataset.serve["k"])
+    shown_k = f"K={served}" if served in ks else f"K={ks[0]}"
+    if dataset.kind == "image":
+        image_pictures(split, normlimes, global_maps[shown_k], shown_k, features, args.out_dir)
+    else:
+        importance["top_words_by_class"] = text_pictures(normlimes[shown_k], names, classes, shown_k, args.out_dir)
     write_json(args.out_dir / "importance.json", importance)
-    average_digits = np.stack([split.x[split.y == c, 0].mean(axis=0) for c in range(len(classes))])  # (C, 28, 28)
-    save_figure(weight_overlay_figure(average_digits, class_maps, [f"class {c} (average digit)" for c in classes]),
-                args.out_dir / "class_maps.png")
-    shown_k = f"K={int(section(params, 'serve', 'k'))}" if int(section(params, "serve", "k")) in ks else f"K={ks[0]}"
-    method_maps = {name: vector.reshape(1, cells, cells) for name, vector in global_maps[shown_k].items()}
-    save_figure(weight_overlay_figure(split.x[:, 0].mean(axis=0)[None], method_maps, [f"all digits, {shown_k}"]),
-                args.out_dir / "global_maps.png")
     save_figure(faithfulness_figure(gains), args.out_dir / "faithfulness.png")
-    fractions = [float(f) for f in settings["fractions"]]
     tables = [format_table({name: {round(100 * f): g for f, g in curve.items()} for name, curve in rankings.items()},
                            [round(100 * f) for f in fractions], title=f"test error gain, {panel}",
                            column="{}% removed")
@@ -137,7 +196,7 @@ def main() -> None:
     write_json(args.metrics, metrics)
     print("\n\n".join(tables))
 
-    configure(section(params, "tracking", "experiment"))
+    configure(dataset.tracking["experiment"])
     for k in ks:
         with mlflow.start_run(run_id=load_checkpoint(args.fine_dir / f"k{k}.pt")["mlflow_run_id"]):
             mlflow.log_metrics({"normlime_error_gain_at_50": gains[f"K={k}"]["NormLIME"][half],

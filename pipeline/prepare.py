@@ -1,6 +1,11 @@
-"""Stage `prepare`: binary labels, the seeded validation split, and both representations.
+"""Stage `prepare`: the seeded splits and both representations of one dataset, plus its features.json.
 
-x = pixels / 255 (stored as uint8 pixels), z = 7x7 block means; plus the feature and class names.
+Images: classes from the task (``data.task``, ``classes`` / ``class_names``), validation drawn from train by
+seed, test from the source (or drawn), x = pixels / 255 as (C, H, W), z = the cell means of ``data.grid``
+(per channel or of luminance); ``features.json`` holds the cell and class names and the image spec that
+serving reads. Text: seeded stratified splits, x = token ids (padding 0, unknown word 1), z = bag of words
+without stopwords and rare words, built on the training split only, plus the encoder for new sentences.
+The summary JSON holds the split sizes (and for text the vocabulary sizes next to the paper's).
 """
 
 from __future__ import annotations
@@ -8,43 +13,105 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ngsll.config import section
-from ngsll.data.mnist import binary_mnist_splits, check_mnist_arrays
-from ngsll.simplify import cell_names
-from stage_io import atomic_output, load_params, log, require_passed, save_split, setup_logging, write_json
+from ngsll.config import DatasetSettings, dataset_settings
+from ngsll.data.images import RawImages, image_splits
+from ngsll.data.text import TextCorpus, split_indices
+from ngsll.text import TextEncoder
+from stage_io import (
+    atomic_output, load_params, log, one_line_errors, read_json, require_passed, save_split, setup_logging, write_json,
+)
+
+
+def prepare_images(dataset: DatasetSettings, params: dict[str, Any], raw: Path, out_dir: Path) -> dict[str, Any]:
+    with np.load(raw / "images.npz") as stored:
+        images = RawImages.from_arrays({name: stored[name] for name in stored.files})
+    splits, mapping, spec = image_splits(images, dataset.data, int(params["seed"]), f"datasets.{dataset.name}")
+    with atomic_output(out_dir / "metadata.csv") as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["split", "id", "source_label", "label"])
+        for name, split in splits.items():
+            save_split(out_dir / f"{name}.npz", split)
+            writer.writerows(zip([name] * len(split.y), split.ids.tolist(), split.source_labels.tolist(), split.y.tolist()))
+            shares = np.bincount(split.y, minlength=len(mapping.class_names)) / len(split.y)
+            log.info("%s: %d images, class shares %s", name, len(split.y), np.round(shares, 3).tolist())
+    rows, cols = spec.grid
+    values = "per channel" if spec.cell_values == "channels" and spec.channels == 3 else "of luminance" if spec.channels == 3 else ""
+    write_json(out_dir / "features.json", {
+        "kind": "image",
+        "feature_names": spec.feature_names,
+        "class_names": mapping.class_names,
+        "classes": {name: [str(label) for label in members] for name, members in zip(mapping.class_names, mapping.members)},
+        "image": spec.to_dict(),
+        "representation": {"x": f"pixels / 255, shape ({spec.channels}, {spec.height}, {spec.width})",
+                           "z": f"{rows}x{cols} cell means {values}".strip()},
+    })
+    return {"samples": {name: len(split.y) for name, split in splits.items()}, "num_features": len(spec.feature_names),
+            "num_classes": len(mapping.class_names)}
+
+
+def prepare_text(dataset: DatasetSettings, raw: Path, info: Path, checked: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+    data = dataset.data
+    dropped = [row["id"] for row in read_json(checked).get("dropped", {}).get("rows", [])]
+    corpus = TextCorpus.read_csv(raw / "corpus.csv", read_json(info)["class_names"]).without(dropped)
+    if dropped:
+        log.info("left out %d row(s) the gate dropped: ids %s", len(dropped), dropped[:20])
+    indices = split_indices(corpus, seed, float(data["validation_fraction"]), float(data["test_fraction"]))
+    texts = {name: [corpus.texts[i] for i in rows] for name, rows in indices.items()}
+    encoder = TextEncoder.fit(
+        texts["train"], stopwords=data["stopwords"], min_count=int(data["min_count"]),
+        min_word_length=int(data["min_word_length"]), max_length=int(data["max_length"]), counts=bool(data["counts"]),
+        min_length=max(int(w) for w in dataset.model["filter_widths"]), keep_words=list(data.get("keep_words") or []),
+    )
+    sizes = {}
+    for name, rows in indices.items():
+        split = encoder.split(texts[name], corpus.labels[rows], corpus.ids[rows])
+        save_split(out_dir / f"{name}.npz", split)
+        sizes[name] = len(rows)
+        empty = int((split.z.sum(axis=1) == 0).sum())
+        log.info("%s: %d sentences, %d with no vocabulary word", name, len(rows), empty)
+    write_json(out_dir / "encoder.json", encoder.to_dict())
+    write_json(out_dir / "features.json", {
+        "kind": "text",
+        "feature_names": encoder.vocabulary.words,
+        "class_names": corpus.class_names,
+        "sequence_vocabulary_size": len(encoder.sequences),
+        "sequence_length": encoder.length,
+        "representation": {"x": f"token ids (0 padding, 1 unknown), length {encoder.length}",
+                           "z": "word counts" if encoder.counts else "word presence (bag of words)"},
+    })
+    log.info("vocabulary: %d words in z (paper: %s), %d tokens in x", len(encoder.vocabulary),
+             data.get("paper_vocabulary_size"), len(encoder.sequences))
+    return {"samples": sizes, "num_features": len(encoder.vocabulary), "num_classes": len(corpus.class_names),
+            "vocabulary_size": len(encoder.vocabulary), "paper_vocabulary_size": data.get("paper_vocabulary_size"),
+            "sequence_vocabulary_size": len(encoder.sequences), "sequence_length": encoder.length}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--raw", type=Path, required=True, help="raw MNIST arrays (.npz) from fetch")
+    parser.add_argument("--dataset", required=True, help="a name under datasets in params.yaml")
+    parser.add_argument("--raw", type=Path, required=True, help="fetch's raw folder")
+    parser.add_argument("--info", type=Path, required=True, help="fetch's provenance JSON")
     parser.add_argument("--checked", type=Path, required=True, help="validate_raw's report (must have passed)")
     parser.add_argument("--out-dir", type=Path, required=True, help="folder for train/validation/test .npz")
+    parser.add_argument("--summary", type=Path, required=True, help="split and feature counts (JSON metrics)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     setup_logging()
     require_passed(args.checked)
     params = load_params(args.params)
-    data = section(params, "data")
-
-    with np.load(args.raw) as stored:
-        arrays = check_mnist_arrays({name: stored[name] for name in stored.files})
-    splits = binary_mnist_splits(arrays, int(data["num_validation"]), int(params["seed"]), int(data["cells"]))
-    with atomic_output(args.out_dir / "metadata.csv") as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["split", "id", "digit", "label"])
-        for name, split in splits.items():
-            save_split(args.out_dir / f"{name}.npz", split)
-            writer.writerows(zip([name] * len(split.y), split.ids.tolist(), split.digits.tolist(), split.y.tolist()))
-            log.info("%s: %d samples, class-1 share %.3f", name, len(split.y), float(split.y.mean()))
-    write_json(args.out_dir / "features.json", {
-        "feature_names": cell_names(int(data["cells"])),
-        "class_names": list(data["class_names"]),
-        "representation": {"x": "pixels / 255, shape (1, 28, 28)", "z": f"{data['cells']}x{data['cells']} block means"},
-    })
+    dataset = dataset_settings(params, args.dataset)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if dataset.kind == "image":
+        summary = prepare_images(dataset, params, args.raw, args.out_dir)
+    else:
+        summary = prepare_text(dataset, args.raw, args.info, args.checked, args.out_dir, int(params["seed"]))
+    write_json(args.summary, summary)
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_errors("prepare"):
+        main()

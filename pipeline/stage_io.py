@@ -23,7 +23,7 @@ import yaml
 
 from ngsll.checkpoint import model_from_checkpoint
 from ngsll.errors import NGSLLError
-from ngsll.data.mnist import ImageSplit
+from ngsll.data.images import ImageSplit
 from ngsll.text import TextSplit
 
 log = logging.getLogger("ngsll.pipeline")
@@ -88,14 +88,15 @@ def read_json(path: str | Path) -> Any:
 
 
 def save_split(path: Path, split: ImageSplit | TextSplit) -> None:
-    """Store a split compactly: images as uint8 pixels (x = pixels / 255), z, labels, digits, ids;
-    sentences as token ids, z, labels, ids and the texts."""
+    """Store a split compactly: images as (N, C, H, W) uint8 pixels (x = pixels / 255), z, labels, the
+    labels as stored and ids; sentences as token ids, z, labels, ids and the texts."""
     if isinstance(split, TextSplit):
         save_arrays(path, tokens=split.x, z=split.z, mask=split.z == 0, y=split.y, ids=split.ids,
                     texts=np.asarray(split.texts, dtype=str))
         return
-    pixels = np.rint(split.x[:, 0] * 255).astype(np.uint8)  # (N, 28, 28)
-    save_arrays(path, pixels=pixels, z=split.z, mask=split.z == 0, y=split.y, digits=split.digits, ids=split.ids)
+    pixels = np.rint(split.x * 255).astype(np.uint8)  # (N, C, H, W)
+    save_arrays(path, pixels=pixels, z=split.z, mask=split.z == 0, y=split.y, source_labels=split.source_labels,
+                ids=split.ids)
 
 
 def load_split(path: Path) -> ImageSplit | TextSplit:
@@ -105,8 +106,8 @@ def load_split(path: Path) -> ImageSplit | TextSplit:
             return TextSplit(x=stored["tokens"], z=stored["z"], y=stored["y"], ids=stored["ids"],
                              texts=stored["texts"].tolist())
         return ImageSplit(
-            x=(stored["pixels"].astype(np.float32) / 255.0)[:, None],  # (N, 1, 28, 28)
-            z=stored["z"], y=stored["y"], digits=stored["digits"], ids=stored["ids"],
+            x=stored["pixels"].astype(np.float32) / 255.0,  # (N, C, H, W)
+            z=stored["z"], y=stored["y"], source_labels=stored["source_labels"], ids=stored["ids"],
         )
 
 

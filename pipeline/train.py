@@ -1,8 +1,9 @@
 """Stages `train_coarse`, `train_fine`, `train_dnn` and `train_dense`: one training phase each.
 
 * coarse: NGSLL with train.coarse (K = 10, tau = 1, Adam) from scratch.
-* fine:   NGSLL from the coarse checkpoint with the target K, tau = 0.1, momentum SGD at
-          lr_ratio x the coarse phase's final learning rate.
+* fine:   for each K of train.ks in turn, NGSLL from the coarse checkpoint with that K, tau = 0.1,
+          momentum SGD at lr_ratio x the coarse phase's final learning rate (``--out`` and ``--history``
+          are folders: ``k<K>.pt`` and ``k<K>.json``).
 * dnn:    the same CNN emitting class logits (the non-interpretable upper bound).
 * dense:  NGSLL without K-HGM (dense weights in training; top-K |w| at evaluation).
 
@@ -12,7 +13,7 @@ logged as a pyfunc and registered as a version of ``ngsll-<dataset>`` tagged wit
 commit and the DVC hash of the prepared data. The DNN and the ablation log one run each. Every run logs
 the train and validation splits as dataset inputs. Run ids go into the checkpoints.
 
-``--dataset`` picks the params sections: ``mnist`` (default) or a text dataset under ``text.datasets``.
+``--dataset`` names the dataset under ``datasets`` in params.yaml (its sections over ``defaults.<kind>``).
 
 Data parallel (PyTorch DDP): with ``distributed.nproc_per_node`` > 1 in params the stage reruns itself
 under ``torchrun`` with that many processes; the script also runs unchanged under a ``torchrun`` the user
@@ -57,17 +58,18 @@ RUN_NAMES = {"dnn": "DNN", "dense": "NGSLL (w/o K-HGM)"}
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=STAGES, required=True)
-    parser.add_argument("--dataset", default="mnist", help="mnist or a name under text.datasets")
+    parser.add_argument("--dataset", required=True, help="a name under datasets in params.yaml")
     parser.add_argument("--data-dir", type=Path, required=True, help="prepared splits")
     parser.add_argument("--checked", type=Path, required=True, help="validate_prepared's report (must have passed)")
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write")
-    parser.add_argument("--history", type=Path, required=True, help="per-epoch metrics JSON")
-    parser.add_argument("--k", type=int, help="target K (fine stage)")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write (fine: folder of k<K>.pt)")
+    parser.add_argument("--history", type=Path, required=True, help="per-epoch metrics JSON (fine: folder of k<K>.json)")
+    parser.add_argument("--k", type=int, action="append", help="fine stage: train only this K (repeatable; default: "
+                                                               "every K of train.ks)")
     parser.add_argument("--coarse", type=Path, help="coarse checkpoint (fine stage)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    if args.stage == "fine" and (args.k is None or args.coarse is None):
-        parser.error("the fine stage needs --k and --coarse")
+    if args.stage == "fine" and args.coarse is None:
+        parser.error("the fine stage needs --coarse")
     return args
 
 
@@ -82,14 +84,14 @@ def run_under_torchrun(nproc_per_node: int, stage: str) -> int:
     return returncode
 
 
-def model_and_phase(args: argparse.Namespace, settings: DatasetSettings) -> tuple[Any, PhaseConfig, dict | None]:
-    """The stage's starting model, its :class:`PhaseConfig` and (fine stage) the coarse checkpoint."""
+def model_and_phase(args: argparse.Namespace, settings: DatasetSettings, k: int | None) -> tuple[Any, PhaseConfig, dict | None]:
+    """The stage's starting model, its :class:`PhaseConfig` and (fine stage, target ``k``) the coarse checkpoint."""
     features = read_json(args.data_dir / "features.json")
     if args.stage == "coarse":
         return build_model(model_args(settings, features)), coarse_phase(settings.train), None
     if args.stage == "fine":
         coarse = load_checkpoint(args.coarse)
-        return model_from_checkpoint(coarse), fine_phase(settings.train, args.k, float(coarse["final_lr"])), coarse
+        return model_from_checkpoint(coarse), fine_phase(settings.train, k, float(coarse["final_lr"])), coarse
     model = build_model(model_args(settings, features, kind="dnn" if args.stage == "dnn" else "ngsll",
                                    use_gate=args.stage == "dnn"))
     return model, reference_phase(settings.train, k=model.args.k), None
@@ -116,14 +118,29 @@ def main() -> None:
 
 
 def train_stage(args: argparse.Namespace, params: dict[str, Any], context: DistributedContext, device) -> None:
+    """Train the stage's model (the fine stage: one model per K, each into ``--out``/k<K>.pt)."""
     settings = dataset_settings(params, args.dataset)
-    seed = int(params["seed"])
     log.info("stage %s on %s (rank %d of %d)", args.stage, device_description(device), context.rank,
              context.world_size)
     if not context.is_main:
         log.setLevel(logging.WARNING)  # rank 0 reports progress for all; other ranks speak only of trouble
+    if args.stage != "fine":
+        train_one(args, settings, params, context, device, None, args.out, args.history)
+        return
+    ks = args.k or settings.ks
+    unknown = sorted(set(ks) - set(settings.ks))
+    if unknown:
+        raise SystemExit(f"--k {unknown} is not in datasets.{args.dataset}.train.ks {settings.ks}")
+    for k in ks:
+        train_one(args, settings, params, context, device, k, args.out / f"k{k}.pt", args.history / f"k{k}.json")
+
+
+def train_one(args: argparse.Namespace, settings: DatasetSettings, params: dict[str, Any], context: DistributedContext,
+              device, k: int | None, out: Path, history: Path) -> None:
+    """One training phase: the model, its checkpoint ``out``, its per-epoch ``history`` and its MLflow runs."""
+    seed = int(params["seed"])
     seed_everything(seed)  # the same initial weights on every rank
-    model, phase, coarse = model_and_phase(args, settings)
+    model, phase, coarse = model_and_phase(args, settings, k)
     model.to(device)
     splits = {name: (args.data_dir / f"{name}.npz", load_split(args.data_dir / f"{name}.npz"))
               for name in ("train", "validation")}
@@ -135,7 +152,7 @@ def train_stage(args: argparse.Namespace, params: dict[str, Any], context: Distr
     tracking = settings.tracking
     if tracked:
         configure(tracking["experiment"])
-    run_name = f"NGSLL K={args.k}" if args.stage == "fine" else RUN_NAMES.get(args.stage, args.stage)
+    run_name = f"NGSLL K={k}" if args.stage == "fine" else RUN_NAMES.get(args.stage, args.stage)
     with start_run(run_name) if tracked else nullcontext() as parent:
         this_phase = phase_params(vars(phase), model.args.to_dict(), seed, device_description(device),
                                   context.world_size)
@@ -164,28 +181,34 @@ def train_stage(args: argparse.Namespace, params: dict[str, Any], context: Distr
         log.info("%s: best epoch %d, val loss %.4f", args.stage, result.best_epoch, result.best_val_loss)
         if not context.is_main:
             return
-        save_checkpoint(args.out, checkpoint_dict(
+        save_checkpoint(out, checkpoint_dict(
             model, params, stage=args.stage, phase=vars(phase), history=result.history, final_lr=result.final_lr,
             device=result.device, world_size=context.world_size, mlflow_run_id=parent.info.run_id if tracked else "",
         ))
-        write_json(args.history, result.history)
+        write_json(history, result.history)
         if args.stage == "fine":
-            register_fine_model(args, settings, parent.info.run_id, splits["validation"][1])
+            register_fine_model(args, settings, out, k, parent.info.run_id, splits["validation"][1])
 
 
-def register_fine_model(args: argparse.Namespace, settings: DatasetSettings, run_id: str, validation) -> None:
+def register_fine_model(args: argparse.Namespace, settings: DatasetSettings, checkpoint: Path, k: int, run_id: str,
+                        validation) -> None:
     """Log the fine checkpoint as a pyfunc in run ``run_id``, register it as ``ngsll-<dataset>`` and tag the
     version with the dataset, K, git commit and DVC data hash (the last two from the run's context tags)."""
     name = settings.tracking["registered_model"]
     text = settings.input_kind == "text"
-    example = validation.texts[:2] if text else validation.x[:2, 0]  # two sentences or (2, H, W) images
-    info = log_pyfunc_model(args.out, args.data_dir / "features.json", name, example,
+    example = validation.texts[:2] if text else image_example(validation.x[:2])  # two sentences or images
+    info = log_pyfunc_model(checkpoint, args.data_dir / "features.json", name, example,
                             encoder_path=args.data_dir / "encoder.json" if text else None)
     run_tags = mlflow.get_run(run_id).data.tags  # set by the ngsll run-context plugin
-    tags = {"dataset": args.dataset, "k": args.k, "git_commit": run_tags.get("ngsll.git.commit"),
+    tags = {"dataset": args.dataset, "k": k, "git_commit": run_tags.get("ngsll.git.commit"),
             "dvc_data_md5": run_tags.get(f"dvc.data.{args.data_dir.as_posix()}")}
     tag_model_version(name, info.registered_model_version, {key: value for key, value in tags.items() if value})
     log.info("logged %s and registered it as %s version %s", info.model_uri, name, info.registered_model_version)
+
+
+def image_example(x):
+    """The pyfunc's input example of (n, C, H, W) images: (n, H, W) for grayscale, (n, H, W, 3) for RGB."""
+    return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,15 @@
-"""Stage `validate_raw`: Great Expectations gate on the fetched arrays before anything is built on them.
+"""Stage `validate_raw`: Great Expectations gate on a fetched dataset before anything is built on it.
 
-Row counts, label set, image shape, pixel range 0-255, no NaN, unique ids. On failure: a short summary
-on stderr, the full result as JSON and HTML, and a non-zero exit that stops `dvc repro`.
+Images: per split, row counts, the label set (``validate.labels``, else the training labels; the test split
+must hold exactly the same), one image size and channel count, finite pixels in 0-255, unique ids, and
+every class at least ``validate.min_class_share`` of its split.
+Text: row count, labels in the class set with every class present, no sentence without a word, unique
+ids, split values. Policy ``validate.rows_without_words``: ``fail`` (default) stops here on a sentence
+without a single word token (e.g. an emoticon-only SMS ``:-)``); ``drop`` removes such rows before the
+checks and lists them (id and text) in the reports, and `prepare` leaves them out.
+
+On failure: a short summary naming the failing rows by id, the full result as JSON and HTML, and a
+non-zero exit that stops `dvc repro`.
 """
 
 from __future__ import annotations
@@ -11,33 +19,66 @@ from pathlib import Path
 
 import numpy as np
 
-from ngsll.config import section
-from ngsll.quality import raw_checks, raw_image_frame, run_checks
-from stage_io import finish_gate, load_params, setup_logging
+from ngsll.config import DatasetSettings, dataset_settings
+from ngsll.data.text import TextCorpus
+from ngsll.quality import (
+    class_share_checks, class_share_frame, label_text, raw_checks, raw_image_frame, raw_text_checks, raw_text_frame,
+    rows_to_drop, run_checks,
+)
+from stage_io import finish_gate, load_params, one_line_errors, read_json, setup_logging
+
+
+def image_gate(dataset: DatasetSettings, raw: Path, report: Path, html: Path) -> None:
+    settings = dataset.validate
+    with np.load(raw / "images.npz") as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    splits = [split for split in ("train", "test") if f"{split}_images" in arrays]
+    train_images = arrays["train_images"]
+    height, width = int(train_images.shape[1]), int(train_images.shape[2])
+    channels = int(train_images.shape[3]) if train_images.ndim == 4 else 1
+    labels = settings.get("labels")
+    expected = sorted({label_text(v) for v in (labels or arrays["train_labels"])} - {None})
+    batches = {}
+    for split in splits:
+        frame = raw_image_frame(arrays[f"{split}_images"], arrays[f"{split}_labels"], split, arrays.get(f"{split}_files"))
+        low, high = settings["rows"].get(split, [1, None])
+        batches[split] = (frame, raw_checks(expected, int(low), int(high) if high else None, height, width, channels))
+        share = float(settings.get("min_class_share") or 0.0)
+        if share > 0:
+            batches[f"{split} class shares"] = (class_share_frame(frame["label"]), class_share_checks(share))
+    finish_gate(run_checks(batches, suite_name=f"raw_{dataset.name}"), report, html, f"validate_raw ({dataset.name})")
+
+
+def text_gate(dataset: DatasetSettings, raw: Path, info: Path, report: Path, html: Path) -> None:
+    settings = dataset.validate
+    corpus = TextCorpus.read_frame(raw / "corpus.csv")
+    frame = raw_text_frame(corpus)
+    drop = rows_to_drop(frame, "tokens", 1, settings.get("rows_without_words", "fail"))
+    dropped = {"policy": "rows_without_words: drop", "reason": "no word token", "count": len(drop),
+               "rows": [{"id": int(i), "value": corpus["text"][row]} for row, i in zip(drop.index, drop["id"])]}
+    rows = settings["rows"]
+    checks = raw_text_checks(len(read_json(info)["class_names"]), int(rows["min"]), int(rows["max"]))
+    result = run_checks({dataset.name: (frame.drop(index=drop.index), checks)}, suite_name=f"raw_{dataset.name}")
+    finish_gate(result, report, html, f"validate_raw ({dataset.name})", dropped if len(drop) else None)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--raw", type=Path, required=True, help="raw arrays (.npz) from fetch")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="a name under datasets in params.yaml")
+    parser.add_argument("--raw", type=Path, required=True, help="fetch's raw folder")
+    parser.add_argument("--info", type=Path, required=True, help="fetch's provenance JSON (text: class names)")
     parser.add_argument("--report", type=Path, required=True, help="validation result JSON")
     parser.add_argument("--html", type=Path, required=True, help="static HTML report")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     setup_logging()
-    settings = section(load_params(args.params), "validate", "raw")
-
-    batches = {}
-    with np.load(args.raw) as stored:
-        for split in ("train", "test"):
-            frame = raw_image_frame(stored[f"{split}_images"], stored[f"{split}_labels"], split)
-            checks = raw_checks(
-                labels=list(settings["labels"]), min_rows=int(settings["min_rows"][split]),
-                max_rows=int(settings["max_rows"][split]), height=28, width=28,
-            )
-            batches[split] = (frame, checks)
-    report = run_checks(batches, suite_name="raw")
-    finish_gate(report, args.report, args.html, "validate_raw")
+    dataset = dataset_settings(load_params(args.params), args.dataset)
+    if dataset.kind == "image":
+        image_gate(dataset, args.raw, args.report, args.html)
+    else:
+        text_gate(dataset, args.raw, args.info, args.report, args.html)
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_errors("validate_raw"):
+        main()
