@@ -21,17 +21,23 @@ FIGURES = ["figures/accuracy_vs_k.png", "figures/weights.png", "explain/class_ma
 def context() -> dict:
     """What a tiny model's pipeline would supply, minus the git commit and MLflow run (left missing)."""
     return {
+        "kind": "image",
+        "task": "binary",
         "model": {"name": "ngsll-tiny", "k": 3, "version": "1.0", "registered_name": "ngsll-tiny",
                   "conv_channels": [2, 2, 2], "hidden_layers": 1, "hidden_units": 8},
         "version": {"data": {"data/prepared/mnist": "abc.dir"}},
         "dataset": {"name": "mnist", "description": "MNIST, binary labels 0-4 vs 5-9", "seed": 0,
-                    "train": 100, "validation": 20, "test": 30},
+                    "train": 100, "validation": 20, "test": 30, "classes": ["0-4", "5-9"], "num_features": 49,
+                    "representation": {"x": "pixels / 255", "z": "7x7 cell means"},
+                    "image": {"height": 28, "width": 28, "channels": 1}},
         "validation": [{"name": "raw", "verdict": "passed", "passed": 18, "total": 18}],
         "training": [{"name": "coarse", "k": 10, "tau": 1.0, "optimizer": "adam", "lr": 1e-3, "epochs": 2,
                       "best_epoch": 1, "seconds": 1.0, "device": "cpu"}],
         "evaluation": {"table": "| test accuracy | K = 3 |\n|---|---|\n| NGSLL | 0.900 |", "ngsll_accuracy": {3: 0.9}},
-        "interpretation": {"examples": [{"digit": 7, "label": "5-9", "logit": 1.5, "cells": "r2c3 (+1.50)"}],
-                           "surrogate_agreement": 0.8, "faithfulness_table": "(table)"},
+        "interpretation": {"examples": [{"input": "7", "truth": "5-9", "label": "5-9", "logit": 1.5,
+                                         "features": "r2c3 (+1.50)"}],
+                           "classes": [{"name": "0-4", "top": "r3c3 (-0.5)"}, {"name": "5-9", "top": "r2c3 (+0.4)"}],
+                           "surrogate_agreement": 0.8, "faithfulness_table": "(table)", "top_words": None},
         "latency": {"table": "(latency)"},
         "serve": {"inference_port": 8080, "model_name": "ngsll-tiny"},
     }

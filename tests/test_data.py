@@ -11,10 +11,9 @@ import numpy as np
 import yaml
 import pytest
 
-from ngsll import DataSourceError, InputError, IntegrityError
-from ngsll.data.mnist import (
-    IDX_FILES, binary_labels, binary_mnist_splits, check_mnist_arrays, load_mnist, read_idx, validation_indices,
-)
+from ngsll import ConfigError, DataSourceError, InputError, IntegrityError
+from ngsll.data.images import RawImages, draw, image_splits
+from ngsll.data.mnist import IDX_FILES, check_mnist_arrays, load_mnist, read_idx
 from ngsll.data.wheel import WheelFile, download_wheel, extract_member, sha256_of, verify_sha256
 from ngsll.simplify import cell_names, downsample
 
@@ -107,17 +106,23 @@ def test_arrays_that_are_not_mnist_are_refused() -> None:
         check_mnist_arrays({**arrays, "test_labels": arrays["test_labels"] + 10})
 
 
+BINARY_MNIST = {"task": "binary", "classes": {"0-4": [0, 1, 2, 3, 4], "5-9": [5, 6, 7, 8, 9]}, "grid": [7, 7]}
+
+
 def test_binary_labels_and_seeded_disjoint_splits() -> None:
-    assert binary_labels(np.arange(10)).tolist() == [0] * 5 + [1] * 5
-    splits = binary_mnist_splits(check_mnist_arrays(fake_mnist()), num_validation=8, seed=3)
+    raw = RawImages.from_arrays(check_mnist_arrays(fake_mnist()))
+    splits, mapping, spec = image_splits(raw, {**BINARY_MNIST, "num_validation": 8}, seed=3, where="test")
+    assert mapping.class_names == ["0-4", "5-9"]
+    assert np.array_equal(splits["test"].y, (fake_mnist()["test_labels"] >= 5).astype(int))
     assert (len(splits["train"].y), len(splits["validation"].y), len(splits["test"].y)) == (32, 8, 10)
     assert not set(splits["train"].ids) & set(splits["validation"].ids)
-    assert np.array_equal(validation_indices(40, 8, 3), splits["validation"].ids)
-    assert not np.array_equal(validation_indices(40, 8, 3), validation_indices(40, 8, 4))
+    assert np.array_equal(draw(40, 8, 3, "validation"), splits["validation"].ids)
+    assert not np.array_equal(draw(40, 8, 3, "validation"), draw(40, 8, 4, "validation"))
     x = splits["test"].x
     assert x.shape == (10, 1, 28, 28) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
-    with pytest.raises(DataSourceError):
-        validation_indices(40, 40, 0)
+    assert spec.feature_names == cell_names(7) and splits["test"].z.shape == (10, 49)
+    with pytest.raises(ConfigError):
+        draw(40, 40, 0, "validation")
 
 
 def test_downsample_averages_4x4_blocks() -> None:
@@ -130,7 +135,7 @@ def test_downsample_averages_4x4_blocks() -> None:
     assert z[0].sum() == pytest.approx(1.0 + 0.05)
     names = cell_names()
     assert names[1] == "r0c1" and names[48] == "r6c6" and len(names) == 49
-    with pytest.raises(InputError):
+    with pytest.raises(ConfigError, match="does not fit images of 28x27"):
         downsample(np.zeros((1, 28, 27)))
 
 

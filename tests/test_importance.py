@@ -36,7 +36,7 @@ def test_pooled_gradient_is_the_derivative_with_respect_to_each_cell() -> None:
     torch.manual_seed(1)
     model = build_model(tiny_args(kind="dnn", num_features=4))
     data = tiny_data(n=3)
-    view = input_gradient_view(model, data, cells=2, batch_size=2)
+    view = input_gradient_view(model, data, grid=[2, 2], batch_size=2)
     expected = np.zeros(4)
     for sample in range(3):
         shift = torch.zeros(4, requires_grad=True)

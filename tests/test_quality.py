@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ngsll.quality import (
-    disjoint_checks, prepared_checks, prepared_frame, raw_checks, raw_image_frame, run_checks,
+    class_share_checks, class_share_frame, disjoint_checks, prepared_checks, prepared_frame, raw_checks, raw_image_frame, run_checks,
 )
 
 pytest.importorskip("great_expectations")
 
 
-def good_images(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+def good_images(n: int = 10) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(n, 28, 28)).astype(np.uint8), np.arange(n) % 10
 
 
 def checks(min_rows: int = 1) -> list:
-    return raw_checks(labels=list(range(10)), min_rows=min_rows, max_rows=100, height=28, width=28)
+    return raw_checks(labels=[str(label) for label in range(10)], min_rows=min_rows, max_rows=100, height=28, width=28,
+                      channels=1)
 
 
 def test_raw_frame_summarises_each_image() -> None:
@@ -39,7 +41,9 @@ def test_good_raw_data_passes() -> None:
 
 @pytest.mark.parametrize(
     ("breakage", "expected"),
-    [("nan", "column=nonfinite"), ("label", "column=label"), ("pixel", "column=pixel_max"), ("empty", "expect_table_row_count_to_be_between")],
+    [("nan", "column=nonfinite"), ("label", "column=label"), ("pixel", "column=pixel_max"),
+     ("empty", "expect_table_row_count_to_be_between"), ("missing class", "expect_column_distinct_values_to_contain_set"),
+     ("rgb", "column=channels")],
 )
 def test_broken_raw_data_fails_with_a_readable_summary(breakage: str, expected: str) -> None:
     images, labels = good_images()
@@ -51,6 +55,10 @@ def test_broken_raw_data_fails_with_a_readable_summary(breakage: str, expected: 
         labels[1] = 11
     elif breakage == "pixel":
         images[0, 0, 0] = 300.0
+    elif breakage == "missing class":  # e.g. a test split without one of training's classes
+        labels = np.where(labels == 9, 8, labels)
+    elif breakage == "rgb":
+        images = np.repeat(images[..., None], 3, axis=-1)
     else:
         images, labels = images[:0], labels[:0]
     report = run_checks({"train": (raw_image_frame(images, labels, "train"), checks())}, "raw")
@@ -83,3 +91,12 @@ def test_prepared_gates_catch_inconsistent_masks_imbalance_and_overlap() -> None
         ("balance", "expect_column_mean_to_be_between"),
         ("overlap", "expect_column_values_to_be_unique"),
     }
+
+
+def test_a_class_with_too_small_a_share_fails_its_gate() -> None:
+    labels = pd.Series(["cat"] * 99 + ["dog"])
+    frame = class_share_frame(labels)
+    assert dict(zip(frame["label"], frame["share"])) == {"cat": 0.99, "dog": 0.01}
+    assert run_checks({"shares": (frame, class_share_checks(0.005))}, "shares").success
+    report = run_checks({"shares": (frame, class_share_checks(0.05))}, "shares")
+    assert not report.success and "column=share" in report.summary()

@@ -146,16 +146,25 @@ def test_sentence_cnn_learns_context_dependent_word_weights() -> None:
 
 def test_text_model_args_come_from_params_and_prepared_features() -> None:
     params = {
-        "text": {"representation": {"counts": False}, "datasets": {"tiny": {"format": "csv"}},
-                 "model": {"embedding_dim": 4, "filter_widths": [2], "filter_maps": 3, "dropout": 0.1,
-                           "hidden_layers": 1, "hidden_units": 5},
-                 "train": {"coarse": {"k": 2, "tau": 1.0}}},
+        "defaults": {"text": {"data": {"counts": False, "format": "csv"}, "validate": {}, "serve": {"k": 2},
+                              "model": {"embedding_dim": 4, "filter_widths": [2], "filter_maps": 3, "dropout": 0.1,
+                                        "hidden_layers": 1, "hidden_units": 5},
+                              "train": {"coarse": {"k": 2, "tau": 1.0}}}},
+        "datasets": {"tiny": {"kind": "text", "data": {"format": "tsv"}, "validate": {}, "model": {"hidden_units": 6},
+                              "train": {}, "serve": {}}},
     }
     features = {"feature_names": ["a", "b", "c"], "class_names": ["x", "y", "z"], "sequence_vocabulary_size": 7}
-    args = model_args(dataset_settings(params, "tiny"), features, kind="dnn")
+    settings = dataset_settings(params, "tiny")
+    assert settings.data == {"description": "tiny", "counts": False, "format": "tsv"}  # the dataset's key wins
+    assert settings.tracking == {"experiment": "tiny", "registered_model": "ngsll-tiny"}
+    args = model_args(settings, features, kind="dnn")
     assert (args.task, args.num_classes, args.num_features, args.vocab_size, args.kind) == ("multiclass", 3, 3, 7, "dnn")
+    assert (args.embedding_dim, args.hidden_units) == (4, 6)
     with pytest.raises(ConfigError, match="unknown dataset"):
         dataset_settings(params, "imdb")
+    del params["datasets"]["tiny"]["serve"]
+    with pytest.raises(ConfigError, match=r"lacks the section\(s\) \['serve'\]; write e.g. serve: \{\}"):
+        dataset_settings(params, "tiny")
 
 
 def test_figure_page_colours_chosen_words_and_greys_out_of_vocabulary_ones() -> None:

@@ -35,7 +35,7 @@ def raw_image_frame(images: np.ndarray, labels: np.ndarray, split: str, files: n
         images = images[..., None]  # (N, H, W, 1)
     if images.ndim != 4:
         raise ValidationFailed(f"{split} images must be a (N, H, W) or (N, H, W, C) array, got shape {images.shape}")
-    flat = images.reshape(len(images), -1).astype(np.float64)  # (N, H*W*C)
+    flat = images.reshape(len(images), int(np.prod(images.shape[1:]))).astype(np.float64)  # (N, H*W*C)
     finite = np.isfinite(flat)
     pixel_min = np.where(finite, flat, np.inf).min(axis=1, initial=np.inf)  # NaN pixels are counted apart
     pixel_max = np.where(finite, flat, -np.inf).max(axis=1, initial=-np.inf)
@@ -231,7 +231,8 @@ def _observed(result: dict[str, Any]) -> str:
     if "unexpected_count" in result:
         sample = result.get("partial_unexpected_list", [])[:5]
         observed = f"{result['unexpected_count']} unexpected of {result.get('element_count')}, e.g. {sample}"
-        rows = [row["id"] for row in result.get("partial_unexpected_index_list") or [] if "id" in row][:10]
+        rows = [row["id"] for row in result.get("partial_unexpected_index_list") or []
+                if isinstance(row, dict) and "id" in row][:10]
         return observed + (f" in rows id={rows}" if rows else "")
     return ""
 
