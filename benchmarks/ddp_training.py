@@ -33,10 +33,11 @@ def run_stage(stage: str, processes: int, epochs: int, data_dir: Path, checked: 
     """One stage run; wall seconds, mean seconds per epoch, epochs run, best validation loss."""
     params = json.loads(json.dumps(params))  # a deep copy
     params["distributed"]["nproc_per_node"] = processes
-    params["train"][PHASES[stage]].update(max_epochs=epochs, patience=epochs)
+    params["defaults"]["image"]["train"][PHASES[stage]].update(max_epochs=epochs, patience=epochs)
     folder.mkdir(parents=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    command = [sys.executable, str(REPO / "pipeline/train.py"), "--stage", stage, "--data-dir", str(data_dir.resolve()),
+    command = [sys.executable, str(REPO / "pipeline/train.py"), "--dataset", "mnist", "--stage", stage,
+               "--data-dir", str(data_dir.resolve()),
                "--checked", str(checked.resolve()), "--out", str(folder / f"{stage}.pt"),
                "--history", str(folder / "history.json"), "--params", str(folder / "params.yaml")]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}

@@ -37,7 +37,7 @@ def main() -> None:
     from ngsll_plugins.ray_batch import init_ray, ray_normlime
 
     with np.load(args.data_dir / f"{args.split}.npz") as stored:
-        x = stored["tokens"] if "tokens" in stored.files else (stored["pixels"].astype(np.float32) / 255.0)[:, None]
+        x = stored["tokens"] if "tokens" in stored.files else stored["pixels"].astype(np.float32) / 255.0
         z, y = stored["z"], stored["y"]
     num_classes = int(y.max()) + 1
     data = TensorData.from_arrays(x, z, y)

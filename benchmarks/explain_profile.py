@@ -89,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     model = model_from_checkpoint(torch.load(args.checkpoint, map_location="cpu", weights_only=True)).eval()
     with np.load(args.data_dir / "test.npz") as stored:
-        x = (stored["pixels"][:1024].astype(np.float32) / 255.0)[:, None]  # (1024, 1, 28, 28)
+        x = stored["pixels"][:1024].astype(np.float32) / 255.0  # (1024, 1, 28, 28)
         z = stored["z"][:1024].astype(np.float32)  # (1024, d)
 
     gflops = matmul_gflops()

@@ -49,15 +49,17 @@ def stage(script: str, *arguments: str, env: dict[str, str], cwd: Path) -> float
 def prepare(work: Path, env: dict[str, str], params: Path) -> tuple[Path, Path]:
     """fetch -> validate_raw -> prepare -> validate_prepared into ``work``; (data dir, prepared report)."""
     raw, data, reports = work / "raw", work / "prepared", work / "reports"
-    common = ["--params", str(params)]
-    stage("fetch.py", "--out", str(raw / "mnist.npz"), "--info", str(raw / "source.json"),
-          "--downloads", str(work / "downloads"), *common, env=env, cwd=work)
-    stage("validate_raw.py", "--raw", str(raw / "mnist.npz"), "--report", str(reports / "raw.json"),
-          "--html", str(reports / "raw.html"), *common, env=env, cwd=work)
-    stage("prepare.py", "--raw", str(raw / "mnist.npz"), "--checked", str(reports / "raw.json"),
-          "--out-dir", str(data), *common, env=env, cwd=work)
-    stage("validate_prepared.py", "--dataset", "mnist", "--data-dir", str(data), "--report",
-          str(reports / "prepared.json"), "--html", str(reports / "prepared.html"), *common, env=env, cwd=work)
+    common = ["--dataset", "mnist", "--params", str(params)]
+    stage("source.py", "--out", str(work / "source.json"), *common, env=env, cwd=work)
+    stage("fetch.py", "--source", str(work / "source.json"), "--out", str(raw / "mnist"), "--info",
+          str(raw / "mnist.json"), "--downloads", str(work / "downloads"), *common, env=env, cwd=work)
+    stage("validate_raw.py", "--raw", str(raw / "mnist"), "--info", str(raw / "mnist.json"), "--report",
+          str(reports / "raw.json"), "--html", str(reports / "raw.html"), *common, env=env, cwd=work)
+    stage("prepare.py", "--raw", str(raw / "mnist"), "--info", str(raw / "mnist.json"), "--checked",
+          str(reports / "raw.json"), "--out-dir", str(data), "--summary", str(work / "data.json"), *common, env=env,
+          cwd=work)
+    stage("validate_prepared.py", "--data-dir", str(data), "--report", str(reports / "prepared.json"), "--html",
+          str(reports / "prepared.html"), *common, env=env, cwd=work)
     return data, reports / "prepared.json"
 
 
@@ -82,7 +84,7 @@ def serve_one_request(checkpoint: Path, features: Path, test_split: Path, work: 
         client = TorchServeClient(f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}", timeout=60)
         wait_until_ready(client, "ngsll-gpu-check")
         with np.load(test_split) as stored:
-            pixels = stored["pixels"][0]
+            pixels = stored["pixels"][0, 0]  # (H, W) of the first test digit
         png = io.BytesIO()
         Image.fromarray(pixels, mode="L").save(png, format="PNG")
         return client.predict("ngsll-gpu-check", png.getvalue(), "image/png")
@@ -99,7 +101,7 @@ def explanation_ms(checkpoint: Path, test_split: Path, device: torch.device) -> 
 
     model = model_from_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=True)).to(device).eval()
     with np.load(test_split) as stored:
-        x = torch.from_numpy(stored["pixels"][:2048].astype(np.float32) / 255.0)[:, None].to(device)
+        x = torch.from_numpy(stored["pixels"][:2048].astype(np.float32) / 255.0).to(device)  # (n, C, H, W)
         z = torch.from_numpy(stored["z"][:2048].astype(np.float32)).to(device)
     timings = {}
     for k in PAPER_MS:
@@ -128,26 +130,27 @@ def main() -> None:
         work = Path(folder)
         params = yaml.safe_load(args.params.read_text())
         params["device"] = args.device
-        params["train"]["ks"] = [5]
-        params["train"]["coarse"].update(max_epochs=args.epochs, patience=args.epochs)
-        params["train"]["fine"].update(max_epochs=max(1, args.epochs // 2), patience=max(1, args.epochs // 2))
-        params["tracking"]["experiment"] = "gpu-check"
+        train = params["defaults"]["image"]["train"]
+        train["ks"] = [5]
+        train["coarse"].update(max_epochs=args.epochs, patience=args.epochs)
+        train["fine"].update(max_epochs=max(1, args.epochs // 2), patience=max(1, args.epochs // 2))
         params_path = work / "params.yaml"
         params_path.write_text(yaml.safe_dump(params, sort_keys=False))
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
                "MLFLOW_DISABLE_TELEMETRY": "true"}
         data_dir, checked = prepare(work, env, params_path) if args.prepare else (args.data_dir, args.checked)
-        coarse, fine = work / "coarse.pt", work / "k5.pt"
-        common = ["--data-dir", str(data_dir), "--checked", str(checked), "--params", str(params_path)]
+        coarse, fine = work / "coarse.pt", work / "fine" / "k5.pt"
+        common = ["--dataset", "mnist", "--data-dir", str(data_dir), "--checked", str(checked), "--params",
+                  str(params_path)]
         coarse_s = stage("train.py", "--stage", "coarse", *common, "--out", str(coarse),
                          "--history", str(work / "coarse.json"), env=env, cwd=work)
         fine_s = stage("train.py", "--stage", "fine", "--k", "5", "--coarse", str(coarse), *common,
-                       "--out", str(fine), "--history", str(work / "fine.json"), env=env, cwd=work)
+                       "--out", str(work / "fine"), "--history", str(work / "history"), env=env, cwd=work)
 
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-        experiment = client.get_experiment_by_name("gpu-check")
+        experiment = client.get_experiment_by_name("mnist")  # a scratch store: only this check's runs
         runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'fine'")
         run = runs[0].data
         device_param, gpu = run.params.get("device", ""), run.tags.get("gpu")
@@ -158,9 +161,10 @@ def main() -> None:
         total = sum(w["contribution"] for w in answer["weights"])
         checks["CPU TorchServe answers the trained model, contributions add up to the logit"] = (
             abs(total - answer["logit"]) < 1e-4)
-        history = {name: json.loads((work / f"{name}.json").read_text()) for name in ("coarse", "fine")}
+        history = {name: json.loads(path.read_text())
+                   for name, path in (("coarse", work / "coarse.json"), ("fine", work / "history" / "k5.json"))}
         cpu_history = {name: REPO / f"metrics/mnist/history/{file}.json"
-                       for name, file in (("coarse", "coarse"), ("fine", "fine_k5"))}
+                       for name, file in (("coarse", "coarse"), ("fine", "fine/k5"))}
         timings = explanation_ms(fine, data_dir / "test.npz", torch.device(args.device))
 
     def mean_epoch(rows: list[dict]) -> float:

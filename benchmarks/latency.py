@@ -171,7 +171,7 @@ def main() -> None:
         args.samples, args.lime_samples = 20, 3
     torch.manual_seed(args.seed)
     with np.load(args.data_dir / "test.npz") as test, np.load(args.data_dir / "train.npz") as train:
-        x = (test["pixels"][: args.batch].astype(np.float32) / 255.0)[:, None]
+        x = test["pixels"][: args.batch].astype(np.float32) / 255.0  # (n, 1, 28, 28)
         z, train_z, train_y = test["z"][: args.batch], train["z"], train["y"]
     models = {k: model_from_checkpoint(torch.load(args.fine_dir / f"k{k}.pt", weights_only=True)) for k in args.ks}
     rows = ngsll_rows(models, x, z, args.samples, args.batch)

@@ -101,7 +101,7 @@ def measure(mar: Path, body: bytes, workers: int, batch_size: int, delay: int, c
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mar", type=Path, required=True, help="model archive from the package stage")
-    parser.add_argument("--sample", type=Path, default=Path("models/mnist/serve/sample_digit.png"))
+    parser.add_argument("--sample", type=Path, default=Path("models/mnist/serve/sample/sample.png"))
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0, help="per scenario")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -43,11 +43,11 @@ from ngsll_plugins.torchserve import (
 def digit_pngs(test_split: Path, count: int) -> list[bytes]:
     """The first ``count`` test digits of a prepared split as PNG bytes."""
     with np.load(test_split) as stored:
-        pixels = stored["pixels"][:count]  # (n, 28, 28) uint8
+        pixels = stored["pixels"][:count].transpose(0, 2, 3, 1)  # (n, H, W, C) uint8
     pngs = []
     for image in pixels:
         buffer = io.BytesIO()
-        Image.fromarray(image, mode="L").save(buffer, format="PNG")
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
         pngs.append(buffer.getvalue())
     return pngs
 

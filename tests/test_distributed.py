@@ -113,8 +113,7 @@ def test_torchrun_command_runs_the_same_script_and_arguments() -> None:
 def workspace(tmp_path_factory) -> Path:
     """Prepared tiny binary images (digits 5-9 carry a bright block), a passed gate report, params."""
     sys.path.insert(0, str(REPO / "pipeline"))
-    from ngsll.data.mnist import binary_mnist_splits
-    from ngsll.simplify import cell_names
+    from ngsll.data.images import RawImages, image_splits
     from stage_io import save_split, write_json
 
     root = tmp_path_factory.mktemp("ddp")
@@ -127,18 +126,22 @@ def workspace(tmp_path_factory) -> Path:
         return pixels, digits
 
     (train_x, train_y), (test_x, test_y) = images(140), images(40)
-    splits = binary_mnist_splits({"train_images": train_x, "train_labels": train_y, "test_images": test_x,
-                                  "test_labels": test_y}, num_validation=40, seed=0, cells=7)
+    raw = RawImages.from_arrays({"train_images": train_x, "train_labels": train_y, "test_images": test_x,
+                                 "test_labels": test_y})
+    task = {"task": "binary", "classes": {"0-4": [0, 1, 2, 3, 4], "5-9": [5, 6, 7, 8, 9]}, "num_validation": 40}
+    splits, mapping, spec = image_splits(raw, task, seed=0, where="ddp")
     for name, split in splits.items():
         save_split(root / "prepared" / f"{name}.npz", split)
-    write_json(root / "prepared" / "features.json", {"feature_names": cell_names(7), "class_names": ["0-4", "5-9"]})
+    write_json(root / "prepared" / "features.json", {"feature_names": spec.feature_names,
+                                                     "class_names": mapping.class_names, "image": spec.to_dict()})
     write_json(root / "checked.json", {"success": True})
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["device"] = "cpu"
-    params["model"].update(conv_channels=[4, 4, 4], hidden_units=16)
-    params["train"]["batch_size"] = 16
+    image = params["defaults"]["image"]
+    image["model"].update(conv_channels=[4, 4, 4], hidden_units=16)
+    image["train"].update(batch_size=16, ks=[3])
     for phase in ("coarse", "fine", "dnn"):
-        params["train"][phase].update(max_epochs=3, patience=3)
+        image["train"][phase].update(max_epochs=3, patience=3)
     for processes in (1, 2):
         params["distributed"].update(nproc_per_node=processes, timeout_s=20)
         (root / f"params_{processes}.yaml").write_text(yaml.safe_dump(params))
@@ -149,9 +152,11 @@ def run_stage(root: Path, processes: int, stage: str, *extra: str, store: str, s
               environment: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``pipeline/train.py`` as DVC runs it (the params switch launches torchrun), outputs under ``root/<store>``."""
     out = root / store
-    command = [sys.executable, str(script), "--stage", stage, "--data-dir", str(root / "prepared"),
-               "--checked", str(root / "checked.json"), "--out", str(out / f"{stage}.pt"),
-               "--history", str(out / f"{stage}.json"), "--params", str(root / f"params_{processes}.yaml"), *extra]
+    fine = stage == "fine"  # the fine stage writes a folder of k<K>.pt
+    command = [sys.executable, str(script), "--dataset", "mnist", "--stage", stage, "--data-dir", str(root / "prepared"),
+               "--checked", str(root / "checked.json"), "--out", str(out / ("fine" if fine else f"{stage}.pt")),
+               "--history", str(out / ("history" if fine else f"{stage}.json")),
+               "--params", str(root / f"params_{processes}.yaml"), *extra]
     if script != STAGE:  # the broken-rank wrapper runs directly under torchrun
         command = torchrun_command(str(script), command[2:], processes)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / store / 'mlflow.db'}", **(environment or {})}
@@ -202,10 +207,9 @@ def test_dnn_on_two_gloo_processes_matches_one_process(workspace: Path) -> None:
 def test_coarse_then_fine_on_two_processes_log_one_run_tree(workspace: Path) -> None:
     for store, processes in (("single_ngsll", 1), ("ddp_ngsll", 2)):
         checked(run_stage(workspace, processes, "coarse", store=store))
-        checked(run_stage(workspace, processes, "fine", "--k", "3", "--coarse", str(workspace / store / "coarse.pt"),
-                          store=store))
-    single = torch.load(workspace / "single_ngsll/fine.pt", weights_only=True)
-    parallel = torch.load(workspace / "ddp_ngsll/fine.pt", weights_only=True)
+        checked(run_stage(workspace, processes, "fine", "--coarse", str(workspace / store / "coarse.pt"), store=store))
+    single = torch.load(workspace / "single_ngsll/fine/k3.pt", weights_only=True)
+    parallel = torch.load(workspace / "ddp_ngsll/fine/k3.pt", weights_only=True)
     assert parallel["world_size"] == 2 and parallel["model_args"]["k"] == 3
     assert abs(single["history"][-1]["val_loss"] - parallel["history"][-1]["val_loss"]) <= NGSLL_VAL_LOSS_TOLERANCE
     database = workspace / "ddp_ngsll/mlflow.db"

@@ -137,3 +137,23 @@ def test_training_weights_are_the_soft_gate_times_the_dense_weights(task, tiny_b
     output = model(x, z)
     assert torch.equal(output.weights, output.dense_weights * output.gate.unsqueeze(-1))  # w' = g * w
     assert ((output.gate > 0.01) & (output.gate < 0.99)).any()  # soft Gumbel draws, not the evaluation top-K
+
+
+def test_the_generator_is_the_papers_at_28x28_and_adapts_to_other_sizes() -> None:
+    from ngsll.generators import ImageWeightGenerator
+
+    paper = ImageWeightGenerator(1, 28, [32, 32, 64], 1, 256, 49)
+    assert not any(isinstance(layer, torch.nn.AdaptiveMaxPool2d) for layer in paper.features)
+    assert paper.head[0].in_features == 64 * 3 * 3  # three 2x2 poolings of 28: 3x3 maps
+    assert sum(p.numel() for p in paper.parameters()) == 188_369  # conv 320 + 9248 + 18496, head 147712 + 12593
+    wide = ImageWeightGenerator(3, 96, [4, 4, 8], 1, 16, 10, image_width=160)
+    assert any(isinstance(layer, torch.nn.AdaptiveMaxPool2d) for layer in wide.features)
+    assert wide.head[0].in_features == 8 * 4 * 4  # bounded, whatever the photo size
+    assert wide(torch.rand(2, 3, 96, 160)).shape == (2, 10)
+    args = ModelArgs(num_features=12, image_size=12, image_width=16, in_channels=3, k=2, conv_channels=[2, 2, 2],
+                     hidden_units=4)
+    model = build_model(args)
+    output = model(torch.rand(2, 3, 12, 16), torch.rand(2, 12))
+    assert output.logits.shape == (2, 1) and args.image_shape == (3, 12, 16)
+    with pytest.raises(InputError, match=r"x must have shape \(B, 3, 12, 16\)"):
+        model(torch.rand(2, 3, 16, 12), torch.rand(2, 12))

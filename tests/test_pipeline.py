@@ -1,12 +1,14 @@
 """The real pipeline: `dvc repro` of this repository in a temporary git repository, with real Great
 Expectations gates and a real MLflow store, checked afterwards through a real `mlflow server`.
 
-Tiny fake MNIST (IDX files, the user-data path), a tiny user CSV of sentences for the text path and tiny
+Three datasets through the one family of stages: tiny fake MNIST (IDX files, the user-data path), a tiny
+user CSV of sentences, and a tiny RGB, non-square, three-class folder of PNG and JPEG files; tiny
 parameters keep it to a few minutes.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -24,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from test_data import fake_mnist, write_idx
 from ngsll.checkpoint import model_from_checkpoint
@@ -67,33 +70,59 @@ def write_sentences(path: Path, empty_row: bool = False) -> Path:
     return path
 
 
-def tiny_params(source: str, data_path: Path, sentences: Path) -> dict:
+def write_shapes(root: Path, per_class: int = 12) -> Path:
+    """A tiny RGB, non-square, three-class image folder: a red, green or blue square on grey noise, PNG and JPEG,
+    two sizes (resized to one by ``data.size``)."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("blue", "green", "red")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            height, width = (30, 40) if i % 3 else (36, 48)
+            pixels = rng.integers(60, 120, size=(height, width, 3)).astype(np.uint8)
+            top, left = rng.integers(0, height - 14), rng.integers(0, width - 14)
+            pixels[top:top + 14, left:left + 14] = 30
+            pixels[top:top + 14, left:left + 14, 2 - c] = 230  # blue: channel 2, green: 1, red: 0
+            Image.fromarray(pixels).save(root / name / f"{i}.{'jpg' if i % 4 == 0 else 'png'}")
+    return root
+
+
+def tiny_params(source: str, data_path: Path, sentences: Path, shapes: Path | None = None) -> dict:
+    """The repository's params with tiny models and epochs; datasets mnist (a user copy at ``data_path``),
+    tiny (the user CSV) and, with ``shapes``, the RGB image folder."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["device"] = "cpu"
-    params["data"].update(source=source, path=str(data_path), num_validation=20)
-    params["validate"]["raw"].update(min_rows={"train": 50, "test": 10})
-    params["validate"]["prepared"]["class_share_tolerance"] = 0.3
-    params["model"].update(conv_channels=[2, 2, 2], hidden_units=8)
-    params["train"]["ks"] = [1, 3]
-    for phase in ("coarse", "fine", "dnn"):
-        params["train"][phase].update(max_epochs=1, patience=1)
+    image, text = params["defaults"]["image"], params["defaults"]["text"]
+    image["model"].update(conv_channels=[2, 2, 2], hidden_units=8)
+    text["model"].update(embedding_dim=8, filter_maps=4, hidden_units=8)
+    for defaults in (image, text):
+        defaults["train"]["ks"] = [1, 3]
+        for phase in ("coarse", "fine", "dnn"):
+            defaults["train"][phase].update(max_epochs=1, patience=1)
+        defaults["serve"]["k"] = 3
+    text["train"]["coarse"]["k"] = 3  # the tiny vocabulary has fewer than 10 words
     params["baselines"]["cv_folds"] = 2
     params["evaluate"].update(timing_samples=16, single_samples=4, figure_digits_per_class=1)
-    params["serve"]["k"] = 3
     inference, management, metrics = free_ports(3)  # `make serve` in a test must not need 8080-8082 free
     params["serve"].update(inference_port=inference, management_port=management, metrics_port=metrics)
-    text = params["text"]
-    text["run"] = ["tiny"]
-    text["datasets"] = {"tiny": {
-        "source": "file", "format": "csv", "path": str(sentences), "text_column": "review", "label_column": "stars",
-        "split_column": None, "class_names": None, "rows": {"min": 10, "max": 1000}, "experiment": "tiny",
+    mnist = params["datasets"]["mnist"]
+    mnist["data"].update(source=source, path=str(data_path), num_validation=20)
+    del mnist["data"]["wheel"]
+    mnist["validate"].update(rows={"train": [50, 60000], "test": [10, 10000]}, class_share_tolerance=0.3)
+    params["datasets"] = {"mnist": mnist, "tiny": {
+        "kind": "text", "description": "tiny reviews",
+        "data": {"source": "file", "format": "csv", "path": str(sentences), "text_column": "review",
+                 "label_column": "stars"},
+        "validate": {"rows": {"min": 10, "max": 1000}}, "model": {}, "train": {}, "serve": {},
     }}
-    text["model"].update(embedding_dim=8, filter_maps=4, hidden_units=8)
-    text["train"]["ks"] = [1, 3]
-    for phase in ("coarse", "fine", "dnn"):
-        text["train"][phase].update(max_epochs=1, patience=1)
-    text["train"]["coarse"]["k"] = 3  # the tiny vocabulary has fewer than 10 words
-    text["serve"]["k"] = 3
+    params["run"] = ["mnist", "tiny"]
+    if shapes is not None:
+        params["datasets"]["shapes"] = {
+            "kind": "image", "description": "coloured squares",
+            "data": {"source": "folder", "path": str(shapes), "size": [24, 32], "grid": [4, 4], "cell_values": "channels",
+                     "num_validation": 6},
+            "validate": {}, "model": {}, "train": {}, "serve": {},
+        }
+        params["run"].append("shapes")
     return params
 
 
@@ -121,7 +150,7 @@ def pipeline_repo(tmp_path_factory) -> Path:
     data_dir.mkdir()
     for name, array in fake_mnist(train=120, test=30).items():
         write_idx(data_dir / f"{IDX_FILES[name]}.gz", array)
-    repo = make_repo(root, tiny_params("idx", data_dir, write_sentences(root / "reviews.csv")))
+    repo = make_repo(root, tiny_params("idx", data_dir, write_sentences(root / "reviews.csv"), write_shapes(root / "shapes")))
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "pipeline"], repo)  # so runs and model versions name a commit
     run(["dvc", "repro"], repo)
@@ -140,7 +169,7 @@ def test_repro_produces_metrics_table_figures_and_loadable_models(pipeline_repo:
         assert (pipeline_repo / "reports/mnist/figures" / figure).stat().st_size > 1000
     checkpoint = torch.load(pipeline_repo / "models/mnist/fine/k3.pt", weights_only=True)
     assert checkpoint["model_args"]["k"] == 3 and checkpoint["model_args"]["tau"] == 0.1
-    assert checkpoint["params"]["train"]["ks"] == [1, 3]
+    assert checkpoint["params"]["defaults"]["image"]["train"]["ks"] == [1, 3]
     assert model_from_checkpoint(checkpoint).args.k == 3
     serve = pipeline_repo / "models/mnist/serve"
     assert (serve / "model-store/ngsll-mnist.mar").stat().st_size > 1000
@@ -154,13 +183,40 @@ def test_repro_produces_metrics_table_figures_and_loadable_models(pipeline_repo:
     assert set(explain["error_gain_at_50"]) == {"K=1", "K=3"}
     for gate in ("raw", "prepared"):
         assert json.loads((pipeline_repo / f"reports/mnist/validation/{gate}.json").read_text())["success"]
+    features = json.loads((pipeline_repo / "data/prepared/mnist/features.json").read_text())
+    assert features["class_names"] == ["0-4", "5-9"] and features["image"]["grid"] == [7, 7]
+    assert (serve / "sample/sample.png").stat().st_size > 100
+
+
+def test_your_own_rgb_folder_goes_from_its_files_to_a_card_and_an_archive(pipeline_repo: Path) -> None:
+    """The issue's acceptance case: an RGB, non-square, three-class folder of PNG and JPEG files of two sizes."""
+    features = json.loads((pipeline_repo / "data/prepared/shapes/features.json").read_text())
+    assert features["class_names"] == ["blue", "green", "red"]
+    assert features["image"] == {"height": 24, "width": 32, "channels": 3, "grid": [4, 4], "cell_values": "channels",
+                                 "invert_light_background": False}
+    assert len(features["feature_names"]) == 48 and features["feature_names"][16] == "r0c0:green"
+    info = json.loads((pipeline_repo / "data/raw/shapes.json").read_text())
+    assert info["shapes"]["train"] == [36, 24, 32, 3] and any("resized" in note for note in info["notes"])
+    checkpoint = torch.load(pipeline_repo / "models/shapes/fine/k3.pt", weights_only=True)
+    assert checkpoint["model_args"]["in_channels"] == 3
+    assert (checkpoint["model_args"]["image_size"], checkpoint["model_args"]["image_width"]) == (24, 32)
+    assert checkpoint["model_args"]["task"] == "multiclass" and checkpoint["model_args"]["num_classes"] == 3
+    card = (pipeline_repo / "reports/shapes/model_card.md").read_text()
+    assert "[missing:" not in card and "24×32\nRGB image" in card and "### By class" in card
+    for name in ("**blue**", "**green**", "**red**"):
+        assert name in card
+    assert (pipeline_repo / "reports/shapes/model_card.html").read_text().count("data:image/png;base64,") == 5
+    with zipfile.ZipFile(pipeline_repo / "models/shapes/serve/model-store/ngsll-shapes.mar") as archive:
+        assert json.loads(archive.read("features.json"))["image"]["channels"] == 3
+    metrics = json.loads((pipeline_repo / "metrics/shapes/evaluate.json").read_text())
+    assert set(metrics["test_accuracy"]) == {"NGSLL", "NGSLL (w/o K-HGM)", "Ridge", "Lasso", "DNN"}
 
 
 def test_text_path_runs_from_the_same_repro(pipeline_repo: Path) -> None:
     metrics = json.loads((pipeline_repo / "metrics/tiny/evaluate.json").read_text())
     assert set(metrics["test_accuracy"]) == {"NGSLL", "NGSLL (w/o K-HGM)", "Ridge", "Lasso", "DNN"}
     assert set(metrics["test_accuracy"]["NGSLL"]) == {"1", "3"}
-    vocabulary = json.loads((pipeline_repo / "metrics/tiny/vocabulary.json").read_text())
+    vocabulary = json.loads((pipeline_repo / "metrics/tiny/data.json").read_text())
     features = json.loads((pipeline_repo / "data/prepared/tiny/features.json").read_text())
     assert features["class_names"] == ["neg", "pos"] and vocabulary["vocabulary_size"] == len(features["feature_names"])
     assert {"good", "bad", "film"} <= set(features["feature_names"]) and "the" not in features["feature_names"]
@@ -171,24 +227,63 @@ def test_text_path_runs_from_the_same_repro(pipeline_repo: Path) -> None:
     serve = pipeline_repo / "models/tiny/serve"
     with zipfile.ZipFile(serve / "model-store/ngsll-tiny.mar") as archive:
         assert {"encoder.json", "features.json", "ngsll_handler.py", "k3.pt"} <= set(archive.namelist())
-    sample = json.loads((serve / "sample_text.json").read_text())["text"]
-    assert sample == str(np.load(pipeline_repo / "data/prepared/tiny/test.npz")["texts"][0])  # text.serve.sample_index
-    assert (serve / "sample_text.txt").read_text() == sample + "\n"
+    sample = json.loads((serve / "sample/sample.json").read_text())["text"]
+    assert sample == str(np.load(pipeline_repo / "data/prepared/tiny/test.npz")["texts"][0])  # serve.sample_index
+    assert (serve / "sample/sample.txt").read_text() == sample + "\n"
     assert "load_models=ngsll-tiny.mar" in (serve / "config/config.properties").read_text()
     for gate in ("raw", "prepared"):
         assert json.loads((pipeline_repo / f"reports/tiny/validation/{gate}.json").read_text())["success"]
 
 
+def test_a_text_dataset_gets_its_normlime_report_and_its_card(pipeline_repo: Path) -> None:
+    importance = json.loads((pipeline_repo / "reports/tiny/explain/importance.json").read_text())
+    assert importance["kind"] == "text" and set(importance["by_k"]) == {"1", "3"}
+    words = importance["feature_names"]
+    assert len(importance["by_k"]["3"]["normlime"]) == len(words) == len(importance["dnn_mean_gradient"])
+    tables = importance["top_words_by_class"]
+    assert set(tables) == {"neg", "pos"} and all(row["feature"] in words for rows in tables.values() for row in rows)
+    explain = pipeline_repo / "reports/tiny/explain"
+    assert "predicted neg" in (explain / "top_words.md").read_text() and (explain / "top_words.png").stat().st_size > 1000
+    assert "| NormLIME |" in (explain / "faithfulness.md").read_text()
+    assert set(json.loads((pipeline_repo / "metrics/tiny/explain.json").read_text())["error_gain_at_50"]) == {"K=1", "K=3"}
+    card = (pipeline_repo / "reports/tiny/model_card.md").read_text()
+    assert "[missing:" not in card and "sentence CNN" in card and "figures/sentences.html" in card
+    assert "predicted pos" in card and "- **neg**:" in card and "“" in card  # top words, classes, example sentences
+    assert (pipeline_repo / "reports/tiny/model_card.html").read_text().count("data:image/png;base64,") == 3
+
+
+def ran_stages(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
 def test_second_repro_is_a_no_op_and_fine_params_rerun_only_what_follows(pipeline_repo: Path) -> None:
-    assert "up to date" in run(["dvc", "repro"], pipeline_repo).stdout
+    assert ran_stages(run(["dvc", "repro"], pipeline_repo).stdout) == {"source@mnist", "source@tiny", "source@shapes"}
     params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
-    params["train"]["fine"]["tau"] = 0.2
+    params["defaults"]["image"]["train"]["fine"]["tau"] = 0.2
     (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = set(json.loads(run(["dvc", "status", "--json"], pipeline_repo).stdout))
-    assert changed == {"train_fine@1", "train_fine@3"}  # evaluate follows them once they change
-    output = run(["dvc", "repro"], pipeline_repo).stdout
-    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train_fine@1", "train_fine@3", "evaluate", "explain", "card", "package"}
+    changed = set(json.loads(run(["dvc", "status", "--json"], pipeline_repo).stdout)) - {"source@mnist", "source@tiny",
+                                                                                         "source@shapes"}
+    assert changed == {"train_fine@mnist", "train_fine@shapes"}  # evaluate follows them once they change
+    ran = ran_stages(run(["dvc", "repro"], pipeline_repo).stdout)
+    assert ran - {"source@mnist", "source@tiny", "source@shapes"} == {
+        f"{stage}@{name}" for stage in ("train_fine", "evaluate", "explain", "card", "package") for name in ("mnist", "shapes")}
+
+
+def test_editing_your_data_file_reruns_its_dataset_and_nothing_else(pipeline_repo: Path) -> None:
+    """The user's CSV keeps its path and changes its content: its fetch (and what follows) re-runs, no other."""
+    sentences = Path(yaml.safe_load((pipeline_repo / "params.yaml").read_text())["datasets"]["tiny"]["data"]["path"])
+    original = sentences.read_text()
+    try:
+        sentences.write_text(original + '"film plot, great music!",pos\n')
+        status = json.loads(run(["dvc", "status", "--json"], pipeline_repo).stdout)
+        assert "fetch@tiny" not in status  # DVC cannot see the file; the source stage's fingerprint can
+        output = run(["dvc", "repro", "prepare@tiny", "prepare@mnist"], pipeline_repo).stdout
+        assert {"fetch@tiny", "validate_raw@tiny", "prepare@tiny"} <= ran_stages(output)
+        assert not ran_stages(output) & {"fetch@mnist", "prepare@mnist"}
+        assert json.loads((pipeline_repo / "data/raw/tiny.json").read_text())["rows"] == 61
+    finally:
+        sentences.write_text(original)
+        run(["dvc", "repro", "prepare@tiny"], pipeline_repo)
 
 
 def rest(port: int, path: str, payload: dict, method: str = "POST") -> dict:
@@ -237,7 +332,7 @@ def test_mlflow_server_shows_nested_runs_baselines_and_the_registered_model(pipe
         fine_run = next(f for f, t in by_name["fine"] if t.get("mlflow.parentRunId") == parent["info"]["run_id"])
         assert {"val_accuracy", "learning_rate", "seconds_per_epoch"} <= {m["key"] for m in fine_run["data"]["metrics"]}
         models = rest(port, "registered-models/search", {"max_results": 10}, method="GET")["registered_models"]
-        assert sorted(m["name"] for m in models) == ["ngsll-mnist", "ngsll-tiny"]
+        assert sorted(m["name"] for m in models) == ["ngsll-mnist", "ngsll-shapes", "ngsll-tiny"]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -313,7 +408,7 @@ def test_make_serve_serves_a_registry_alias_with_the_packaged_config(pipeline_re
         assert (serve_dir / "run/model-store/ngsll-mnist.mar").is_file()
         token = json.loads((serve_dir / "run/key_file.json").read_text())["inference"]["key"]
         url = read_properties(serve_dir / "config/config.properties")["inference_address"]
-        digit = (serve_dir / "sample_digit.png").read_bytes()
+        digit = (serve_dir / "sample/sample.png").read_bytes()
         request = urllib.request.Request(f"{url}/predictions/ngsll-mnist", data=digit,
                                          headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"})
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -324,6 +419,64 @@ def test_make_serve_serves_a_registry_alias_with_the_packaged_config(pipeline_re
         subprocess.run([*command, "stop", str(serve_dir)], cwd=pipeline_repo, env=environment(pipeline_repo),
                        capture_output=True, timeout=120)
         client.set_registered_model_alias("ngsll-mnist", "champion", champion.version)
+
+
+def test_the_rgb_archive_served_by_torchserve_answers_a_png_with_three_classes(pipeline_repo: Path) -> None:
+    from ngsll_plugins.torchserve import read_properties
+
+    serve_dir = pipeline_repo / "models/shapes/serve"
+    command = [sys.executable, "-m", "ngsll_plugins.serve"]
+    try:
+        started = subprocess.run([*command, "start", str(serve_dir)], cwd=pipeline_repo, env=environment(pipeline_repo),
+                                 capture_output=True, text=True, timeout=240)
+        assert started.returncode == 0, started.stderr[-3000:]
+        token = json.loads((serve_dir / "run/key_file.json").read_text())["inference"]["key"]
+        url = read_properties(serve_dir / "config/config.properties")["inference_address"]
+        photo = io.BytesIO()  # a photo of another size than training's: converted by the archive's image spec
+        Image.open(serve_dir / "sample/sample.png").resize((64, 50)).save(photo, format="PNG")
+        for body in ((serve_dir / "sample/sample.png").read_bytes(), photo.getvalue()):
+            request = urllib.request.Request(f"{url}/explanations/ngsll-shapes", data=body,
+                                             headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read())
+            assert set(answer["probabilities"]) == {"blue", "green", "red"}
+            assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+            assert 1 <= len(answer["weights"]) <= 3 and all(":" in w["feature"] for w in answer["weights"])
+            total = sum(w["contribution"] for w in answer["weights"])
+            assert total == pytest.approx(answer["logits"][answer["label"]], abs=1e-4)
+            assert np.asarray(answer["weight_map"]).shape == (3, 4, 4)  # one 4x4 grid per channel
+    finally:
+        subprocess.run([*command, "stop", str(serve_dir)], cwd=pipeline_repo, env=environment(pipeline_repo),
+                       capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize(("breakage", "stage", "message"), [
+    ("corrupt image", "fetch@shapes", "is not a readable PNG/JPEG image"),
+    ("empty class", "fetch@shapes", "is empty; every class needs PNG/JPEG images"),
+    ("grid", "fetch@shapes", "a grid of 5x5 cells does not fit images of 24x32 pixels"),
+    ("continuous labels", "fetch@tiny", "looks like a continuous target, not classes. Use task: regression"),
+])
+def test_bad_input_stops_at_fetch_with_the_file_named_and_nothing_written(tmp_path, breakage, stage, message) -> None:
+    shapes = write_shapes(tmp_path / "shapes", per_class=3)
+    sentences = write_sentences(tmp_path / "reviews.csv")
+    if breakage == "corrupt image":
+        (shapes / "red" / "1.png").write_bytes(b"not a png")
+    elif breakage == "empty class":
+        (shapes / "violet").mkdir()
+    elif breakage == "continuous labels":
+        lines = sentences.read_text().splitlines()
+        sentences.write_text("\n".join([lines[0]] + [f"{line.rsplit(',', 1)[0]},{i / 7:.3f}"
+                                                      for i, line in enumerate(lines[1:])]) + "\n")
+    params = tiny_params("npz", tmp_path / "missing.npz", sentences, shapes)
+    if breakage == "grid":
+        params["datasets"]["shapes"]["data"]["grid"] = [5, 5]
+    repo = make_repo(tmp_path, params)
+    result = run(["dvc", "repro", stage], repo, check=False)
+    assert result.returncode != 0 and "fetch failed:" in result.stderr and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    dataset = stage.split("@")[1]
+    assert not (repo / f"data/raw/{dataset}").exists() or not any((repo / f"data/raw/{dataset}").iterdir())
+    assert not list(repo.rglob("*.partial"))
 
 
 def test_the_gpu_check_script_runs_its_checks_on_the_cpu(pipeline_repo: Path) -> None:
@@ -355,7 +508,7 @@ def test_broken_data_stops_at_the_validation_stage(tmp_path, breakage: str, expe
     repo = make_repo(tmp_path, tiny_params("npz", tmp_path / "mnist.npz", write_sentences(tmp_path / "reviews.csv")))
     result = run(["dvc", "repro"], repo, check=False)
     assert result.returncode != 0
-    assert "validate_raw failed" in result.stderr and expected in result.stderr
+    assert "validate_raw (mnist) failed" in result.stderr and expected in result.stderr
     assert not (repo / "data/prepared").exists()
     assert not json.loads((repo / "reports/mnist/validation/raw.json").read_text())["success"]
 
@@ -363,18 +516,18 @@ def test_broken_data_stops_at_the_validation_stage(tmp_path, breakage: str, expe
 def test_a_sentence_without_words_stops_the_text_path_at_its_gate(tmp_path) -> None:
     sentences = write_sentences(tmp_path / "reviews.csv", empty_row=True)
     repo = make_repo(tmp_path, tiny_params("npz", tmp_path / "missing.npz", sentences))
-    result = run(["dvc", "repro", "evaluate_text@tiny"], repo, check=False)
+    result = run(["dvc", "repro", "evaluate@tiny"], repo, check=False)
     assert result.returncode != 0
-    assert "validate_text (tiny) failed" in result.stderr and "column=tokens" in result.stderr
+    assert "validate_raw (tiny) failed" in result.stderr and "column=tokens" in result.stderr
     assert "in rows id=[60]" in result.stderr  # the failing row by id, not only its value (0 tokens)
     assert not (repo / "data/prepared/tiny").exists()
 
 
 def test_the_drop_policy_leaves_wordless_sentences_out_and_lists_them(tmp_path) -> None:
     params = tiny_params("npz", tmp_path / "missing.npz", write_sentences(tmp_path / "reviews.csv", empty_row=True))
-    params["text"]["datasets"]["tiny"]["rows_without_words"] = "drop"
+    params["datasets"]["tiny"]["validate"]["rows_without_words"] = "drop"
     repo = make_repo(tmp_path, params)
-    result = run(["dvc", "repro", "validate_prepared_text@tiny"], repo)
+    result = run(["dvc", "repro", "validate_prepared@tiny"], repo)
     assert "dropped 1 row(s) (no word token): ids [60]" in result.stderr
     report = json.loads((repo / "reports/tiny/validation/raw.json").read_text())
     assert report["success"] and report["dropped"]["rows"] == [{"id": 60, "value": "?!"}]
@@ -387,8 +540,8 @@ def test_the_drop_policy_leaves_wordless_sentences_out_and_lists_them(tmp_path) 
 def test_mlproject_train_entry_point_runs_an_experiment_offline(pipeline_repo: Path) -> None:
     run(["git", "add", "-A"], pipeline_repo)
     run(["git", "commit", "-qm", "baseline"], pipeline_repo)
-    run([sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "-P", "k=2", "--env-manager", "local",
-         "--experiment-name", "mnist"], pipeline_repo)
+    run([sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "-P", "dataset=mnist", "-P", "k=2",
+         "--env-manager", "local", "--experiment-name", "mnist"], pipeline_repo)
     metrics = json.loads((pipeline_repo / "metrics/mnist/evaluate.json").read_text())
     assert set(metrics["test_accuracy"]["NGSLL"]) == {"2"}
     assert torch.load(pipeline_repo / "models/mnist/fine/k2.pt", weights_only=True)["model_args"]["k"] == 2
@@ -412,8 +565,8 @@ def test_accuracy_benchmark_runs_seeds_as_dvc_experiments(pipeline_repo: Path, m
 def test_distributed_switch_runs_a_dvc_training_stage_under_torchrun(pipeline_repo: Path) -> None:
     run(["git", "add", "-A"], pipeline_repo)
     run(["git", "commit", "-qm", "before ddp"], pipeline_repo, check=False)
-    result = run(["dvc", "exp", "run", "--temp", "--name", "ddp", "-S", "distributed.nproc_per_node=2", "train_dnn"],
-                 pipeline_repo)
+    result = run(["dvc", "exp", "run", "--temp", "--name", "ddp", "-S", "distributed.nproc_per_node=2",
+                  "train_dnn@mnist"], pipeline_repo)
     assert "2 processes under torchrun" in result.stdout + result.stderr
     with sqlite3.connect(pipeline_repo / "mlflow.db") as connection:
         logged = connection.execute(
@@ -428,7 +581,7 @@ def test_a_stopped_training_stage_ends_its_runs_as_killed_and_leaves_no_partial_
     params_path = pipeline_repo / "params.yaml"
     original = params_path.read_text()
     params = yaml.safe_load(original)
-    params["train"]["dnn"].update(max_epochs=100000, patience=100000)  # trains until it is stopped
+    params["defaults"]["image"]["train"]["dnn"].update(max_epochs=100000, patience=100000)  # trains until stopped
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
     def dnn_runs() -> dict[str, str]:
@@ -436,7 +589,7 @@ def test_a_stopped_training_stage_ends_its_runs_as_killed_and_leaves_no_partial_
             return dict(connection.execute("SELECT run_uuid, status FROM runs WHERE name = 'DNN'").fetchall())
 
     before = set(dnn_runs())
-    process = subprocess.Popen(["dvc", "repro", "train_dnn"], cwd=pipeline_repo, env=environment(pipeline_repo),
+    process = subprocess.Popen(["dvc", "repro", "train_dnn@mnist"], cwd=pipeline_repo, env=environment(pipeline_repo),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -461,9 +614,9 @@ def test_a_stopped_training_stage_ends_its_runs_as_killed_and_leaves_no_partial_
     assert tags["ngsll.stop_reason"] == "stopped by SIGTERM"
     assert not (pipeline_repo / "models/mnist/dnn.pt").exists()  # DVC removed it before the stage ran
     assert not list(pipeline_repo.rglob("*.partial"))  # and the stage left no half-written file
-    assert "train_dnn" in json.loads(run(["dvc", "status", "--json"], pipeline_repo).stdout)
+    assert "train_dnn@mnist" in json.loads(run(["dvc", "status", "--json"], pipeline_repo).stdout)
 
     params_path.write_text(original)
     run(["dvc", "repro"], pipeline_repo)  # the one command that resumes
     assert (pipeline_repo / "models/mnist/dnn.pt").exists()
-    assert "up to date" in run(["dvc", "repro"], pipeline_repo).stdout
+    assert ran_stages(run(["dvc", "repro"], pipeline_repo).stdout) == {"source@mnist", "source@tiny", "source@shapes"}

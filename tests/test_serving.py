@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_args
-from ngsll import build_model
+from ngsll import ConfigError, build_model
 from ngsll.serving import DEFAULT_MAX_PIXELS, ImageService, RequestError
 from ngsll.simplify import cell_names
 
@@ -201,3 +201,62 @@ def test_the_served_layout_gives_the_plain_models_explanations() -> None:
     for row, answer in enumerate(served.answer(images)):
         assert [w["index"] for w in answer["weights"]] == expected.indices[row].tolist()
         assert [w["weight"] for w in answer["weights"]] == pytest.approx(expected.weights[row].tolist(), abs=1e-5)
+
+
+# ---- any image spec: colour, non-square, other grids -----------------------------------------------------
+
+RGB_SPEC = {"height": 12, "width": 16, "channels": 3, "grid": [3, 4], "cell_values": "channels",
+            "invert_light_background": False}
+RGB_CLASSES = ["cat", "dog", "owl"]
+
+
+@pytest.fixture(scope="module")
+def rgb_service() -> ImageService:
+    torch.manual_seed(0)
+    args = tiny_args(num_features=36, image_size=12, image_width=16, in_channels=3, k=4, task="multiclass",
+                     num_classes=3)
+    return ImageService(build_model(args), cell_names([3, 4], 3, "channels"), RGB_CLASSES, spec=RGB_SPEC)
+
+
+def rgb_png(size: tuple[int, int], mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(1)
+    picture = Image.fromarray(rng.integers(0, 256, size=(*size[::-1], 3)).astype(np.uint8)).convert(mode)
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_a_colour_model_answers_png_of_any_size_and_mode_as_training_converted_it(rgb_service) -> None:
+    for body in (rgb_png((16, 12)), rgb_png((640, 480), fmt="JPEG"), rgb_png((20, 20), mode="L"),
+                 rgb_png((33, 17), mode="RGBA")):
+        [(status, answer)] = rgb_service.respond([body], explain=[True])
+        assert status == 200 and set(answer["probabilities"]) == set(RGB_CLASSES)
+        assert 1 <= len(answer["weights"]) <= 4
+        assert sum(w["contribution"] for w in answer["weights"]) == pytest.approx(answer["logits"][answer["label"]],
+                                                                                  abs=1e-4)
+        assert np.asarray(answer["weight_map"]).shape == (3, 3, 4)  # one grid per channel
+    # exactly the training conversion: RGB, resized to 16 x 12, / 255, never inverted
+    picture = Image.open(io.BytesIO(rgb_png((640, 480), fmt="JPEG"))).convert("RGB").resize((16, 12),
+                                                                                             Image.Resampling.BILINEAR)
+    expected = np.asarray(picture, dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
+    decoded = rgb_service.decode(rgb_png((640, 480), fmt="JPEG")).inputs
+    assert decoded.shape == (1, 3, 12, 16) and np.allclose(decoded, expected)
+
+
+def test_a_colour_model_takes_height_x_width_x_3_lists_and_names_that_shape(rgb_service) -> None:
+    image = np.random.default_rng(2).uniform(size=(12, 16, 3))
+    [(status, answer)] = rgb_service.respond([json.dumps({"image": image.tolist()}).encode()])
+    assert status == 200
+    direct = rgb_service.answer(image.transpose(2, 0, 1)[None].astype(np.float32))[0]
+    assert answer["weights"] == direct["weights"]
+    [(status, error)] = rgb_service.respond([json.dumps({"image": digit().tolist()}).encode()])
+    assert status == 400 and "12x16x3 nested list" in error["error"] and "12x16x3" in error["accepted"]
+    assert rgb_service.pixels_from_array(np.zeros((2, 12, 16, 3))).shape == (2, 3, 12, 16)
+    with pytest.raises(RequestError, match="images must be 12x16x3"):
+        rgb_service.pixels_from_array(np.zeros((2, 28, 28)))
+
+
+def test_a_spec_that_does_not_match_the_model_is_refused() -> None:
+    model = build_model(tiny_args(num_features=49, image_size=28, k=5))
+    with pytest.raises(ConfigError, match="does not match the model's input"):
+        ImageService(model, cell_names(7), CLASSES, spec=RGB_SPEC)
