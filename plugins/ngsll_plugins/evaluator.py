@@ -187,17 +187,11 @@ class _TextEvaluation(_Evaluation):
         super().__init__(service, *service.encoder.encode(sentences))
 
     def pictures(self, normlime: Any, labels: np.ndarray, importance: dict, out: Path) -> dict[str, Any]:
-        from ngsll.evaluation import format_table
-        from ngsll.importance import top_features
+        from ngsll.importance import top_features_by_class, top_features_markdown
         from ngsll.plots import top_features_figure
 
         names, classes = self.service.feature_names, self.service.class_names
-        tables = {name: top_features(normlime.class_importance_[c], normlime.class_signed_[c], names, TOP_WORDS)
-                  for c, name in enumerate(classes)}
+        tables = top_features_by_class(normlime, names, classes, TOP_WORDS)
         importance["top_words_by_class"] = tables
-        sections = [format_table({row["feature"]: {"NormLIME": row["importance"], "signed weight": row["signed_weight"]}
-                                  for row in table}, ["NormLIME", "signed weight"], title=f"predicted {name}",
-                                 column="{}", precision=4)
-                    for name, table in tables.items()]
-        (out / "top_words.md").write_text("\n\n".join(sections) + "\n")
+        (out / "top_words.md").write_text(top_features_markdown(tables))
         return {"top_words.png": top_features_figure(tables, "NormLIME top words per predicted class")}

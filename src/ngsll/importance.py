@@ -235,3 +235,22 @@ def top_features(
     order = np.argsort(-importance, kind="stable")[:count]  # most important first, ties by index
     return [{"feature": names[i], "importance": float(importance[i]), "signed_weight": float(signed[i])}
             for i in order if importance[i] > 0]
+
+
+def top_features_by_class(normlime: NormLIME, names: Sequence[str], class_names: Sequence[str],
+                          count: int = 10) -> dict[str, list[dict[str, float | str]]]:
+    """Per predicted class, its ``count`` most important features (:func:`top_features` of the class's NormLIME
+    importance and signed mean weight)."""
+    return {name: top_features(normlime.class_importance_[c], normlime.class_signed_[c], names, count)
+            for c, name in enumerate(class_names)}
+
+
+def top_features_markdown(tables: dict[str, list[dict[str, float | str]]], suffix: str = "") -> str:
+    """Markdown of :func:`top_features_by_class`: one table per class (feature, NormLIME, signed weight)."""
+    from ngsll.evaluation import format_table
+
+    sections = [format_table({row["feature"]: {"NormLIME": row["importance"], "signed weight": row["signed_weight"]}
+                              for row in table}, ["NormLIME", "signed weight"], title=f"predicted {name}{suffix}",
+                             column="{}", precision=4)
+                for name, table in tables.items()]
+    return "\n\n".join(sections) + "\n"
