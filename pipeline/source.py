@@ -10,20 +10,12 @@ files, so it costs a fraction of a second per dataset.
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 from ngsll.config import dataset_settings
+from ngsll.data.wheel import sha256_of
 from ngsll.errors import DataSourceError
 from stage_io import load_params, log, one_line_errors, setup_logging, write_json
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fingerprint(path: Path) -> dict[str, str]:
@@ -31,8 +23,8 @@ def fingerprint(path: Path) -> dict[str, str]:
     if not path.exists():
         raise DataSourceError(f"the dataset's data.path {path} does not exist")
     if path.is_file():
-        return {path.name: file_digest(path)}
-    return {file.relative_to(path).as_posix(): file_digest(file) for file in sorted(path.rglob("*")) if file.is_file()}
+        return {path.name: sha256_of(path)}
+    return {file.relative_to(path).as_posix(): sha256_of(file) for file in sorted(path.rglob("*")) if file.is_file()}
 
 
 def main() -> None:
