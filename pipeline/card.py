@@ -62,6 +62,13 @@ def class_sections(importance: dict, k: int, features: dict) -> list[dict]:
     return sections
 
 
+def source_line(info: dict) -> str:
+    """Where the data came from, in words: the wheel and member, or the user's path and its format."""
+    if info.get("source") == "wheel":
+        return f"`{info['member']}` of the wheel `{info['wheel']}` (sha256 `{info['sha256'][:12]}…`)"
+    return f"`{info['path']}` ({info.get('format', info['source'])})"
+
+
 def data_versions(tags: dict[str, str]) -> dict[str, str]:
     """DVC output path -> md5 from the run-context tags (``dvc.data.<path>``)."""
     return {key.removeprefix("dvc.data."): value for key, value in tags.items() if key.startswith("dvc.data.")}
@@ -89,6 +96,7 @@ def context_for(dataset: DatasetSettings, params: dict, args: argparse.Namespace
                     "data": {path: md5 for path, md5 in data_versions(tags).items()
                              if re.search(rf"/{re.escape(dataset.name)}(\.json|/|$)", path)}},
         "dataset": {"name": dataset.name, "description": dataset.data["description"], "seed": params["seed"],
+                    "source": source_line(read_json(args.info)), "notes": read_json(args.info).get("notes", []),
                     "classes": classes, "num_features": len(features["feature_names"]),
                     "representation": features["representation"], "image": features.get("image"),
                     **{name: len(split.y) for name, split in splits.items()}},
@@ -127,6 +135,7 @@ def main() -> None:
     parser.add_argument("--explain-dir", type=Path, required=True, help="explain's folder (importance, tables)")
     parser.add_argument("--explain-metrics", type=Path, required=True, help="explain's metrics JSON")
     parser.add_argument("--validation", type=Path, nargs="+", required=True, help="GX result JSON files")
+    parser.add_argument("--info", type=Path, required=True, help="fetch's provenance JSON (source, conversions)")
     parser.add_argument("--out", type=Path, required=True, help="model_card.md (the .html goes beside it)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()

