@@ -150,3 +150,6 @@ def test_continuous_labels_are_told_apart_from_class_names() -> None:
         check_class_labels(np.arange(968).astype(str), "col")
     with pytest.raises(LabelError, match="fractional"):
         check_class_labels(np.array(["0.25", "0.5", "1"]), "col")
+    with pytest.raises(LabelError, match="fractional"):  # what pandas hands over for a CSV column
+        check_class_labels(pd.Series(["0.25", "0.5", "1"], dtype=object).to_numpy(), "col")
+    check_class_labels(pd.Series(["spam", "ham"], dtype=object).to_numpy(), "col")

@@ -21,10 +21,10 @@ def check_class_labels(labels: np.ndarray, where: str, max_classes: int = MAX_CL
     ``task: regression``.
     """
     values = np.asarray(labels)
-    if values.dtype.kind in "US":
+    if values.dtype.kind in "USO":  # text (a CSV column arrives as Python strings): numeric if every value parses
         try:
             values = values.astype(np.float64)
-        except ValueError:  # words: class names, never continuous
+        except (TypeError, ValueError):  # words: class names, never continuous
             values = np.asarray(labels)
     distinct = np.unique(values)
     fractional = values.dtype.kind == "f" and not np.all(np.isnan(values) | (values == np.round(values)))
