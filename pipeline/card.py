@@ -82,6 +82,7 @@ def context_for(dataset: DatasetSettings, params: dict, args: argparse.Namespace
     evaluation = read_json(args.evaluation)
     explain = read_json(args.explain_metrics)
     importance = read_json(args.explain_dir / "importance.json")
+    info = read_json(args.info)
     accuracy = {name: {int(key): v for key, v in row.items()} for name, row in evaluation["test_accuracy"].items()}
     timing = evaluation["timing_ms_per_sample"]
     splits = {name: load_split(args.data_dir / f"{name}.npz") for name in ("train", "validation", "test")}
@@ -96,7 +97,7 @@ def context_for(dataset: DatasetSettings, params: dict, args: argparse.Namespace
                     "data": {path: md5 for path, md5 in data_versions(tags).items()
                              if re.search(rf"/{re.escape(dataset.name)}(\.json|/|$)", path)}},
         "dataset": {"name": dataset.name, "description": dataset.data["description"], "seed": params["seed"],
-                    "source": source_line(read_json(args.info)), "notes": read_json(args.info).get("notes", []),
+                    "source": source_line(info), "notes": info.get("notes", []),
                     "classes": classes, "num_features": len(features["feature_names"]),
                     "representation": features["representation"], "image": features.get("image"),
                     **{name: len(split.y) for name, split in splits.items()}},

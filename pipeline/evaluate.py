@@ -18,6 +18,7 @@ import torch
 from ngsll.baselines import LINEAR_MODELS, LinearBaseline
 from ngsll.config import dataset_settings, section
 from ngsll.evaluation import format_table, time_explanations
+from ngsll.explain import answered_class
 from ngsll.importance import answered_weights
 from ngsll.plots import accuracy_vs_k_figure, cell_maps, training_curves_figure, weight_overlay_figure
 from ngsll.textviz import ExplainedSentence, sentences_page
@@ -50,8 +51,8 @@ def weight_maps(model, data: TensorData, grid: list[int]) -> np.ndarray:
     with torch.inference_mode():
         output = model(data.x, data.z)
     weights = output.weights if model.args.use_gate else output.dense_weights  # (n, d, C)
-    answered = output.logits.argmax(dim=1) if weights.shape[2] > 1 else torch.zeros(len(weights), dtype=torch.long)
-    chosen = weights[torch.arange(len(weights)), :, answered.to(weights.device)]  # (n, d)
+    answered = answered_class(output.logits, model.args.task)  # (n,)
+    chosen = weights[torch.arange(len(weights), device=weights.device), :, answered]  # (n, d)
     return cell_maps(chosen.cpu().numpy(), grid)
 
 

@@ -12,7 +12,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from ngsll.errors import InputError
-from ngsll.explain import answered_class_weights
+from ngsll.explain import answered_class, answered_class_weights
 from ngsll.model import DNNClassifier, NGSLL
 from ngsll.normlime import NormLIME
 from ngsll.train import TensorData, predict_labels
@@ -55,9 +55,9 @@ class GradientView:
     surrogate_agreement: float
 
 
-def _answered_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,) the answered output's logit and (B,) its output index (0 for a single logit)."""
-    column = logits.argmax(dim=1) if logits.shape[1] > 1 else torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+def _answered_logits(logits: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) the answered output's logit and (B,) its output index (see :func:`ngsll.explain.answered_class`)."""
+    column = answered_class(logits, task)  # (B,)
     return logits.gather(1, column[:, None])[:, 0], column
 
 
@@ -94,7 +94,7 @@ def input_gradient_view(model: DNNClassifier, data: TensorData, grid: Sequence[i
 
     def per_sample(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.clone().requires_grad_(True)
-        answered, column = _answered_logits(model(x))  # (B,), (B,)
+        answered, column = _answered_logits(model(x), model.args.task)  # (B,), (B,)
         (gradient,) = torch.autograd.grad(answered.sum(), x)  # (B, C, H, W)
         batch, channels, height, width = gradient.shape
         cells = gradient.reshape(batch, channels, rows, height // rows, cols, width // cols).sum(dim=(3, 5))  # (B, C, r, c)
@@ -122,7 +122,7 @@ def text_gradient_view(model: DNNClassifier, data: TensorData, token_features: n
     def per_sample(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         handle = embedding.register_forward_hook(keep)
         try:
-            answered, column = _answered_logits(model(tokens))
+            answered, column = _answered_logits(model(tokens), model.args.task)
         finally:
             handle.remove()
         embedded = captured.pop("embedded")  # (B, T', E), T' >= T when short sentences were padded
