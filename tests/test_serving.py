@@ -6,6 +6,7 @@ import base64
 import copy
 import io
 import json
+import re
 import struct
 import zlib
 
@@ -260,3 +261,49 @@ def test_a_spec_that_does_not_match_the_model_is_refused() -> None:
     model = build_model(tiny_args(num_features=49, image_size=28, k=5))
     with pytest.raises(ConfigError, match="does not match the model's input"):
         ImageService(model, cell_names(7), CLASSES, spec=RGB_SPEC)
+
+
+def two_cell_digit() -> np.ndarray:
+    image = np.zeros((28, 28), dtype=np.float32)
+    image[0:4, 0:8] = 1.0  # two cells of ink: fewer features than K = 5
+    return image
+
+
+def test_tensor_answers_say_what_the_json_answers_say_padded_to_k(service: ImageService) -> None:
+    from explanation_contract import same_as_v1
+
+    images = np.stack([digit(0), two_cell_digit(), digit(4)])  # (3, 28, 28)
+    arrays = service.tensors(images)
+    assert arrays["feature_index"].shape == (3, 5) and arrays["probabilities"].shape == (3, 2)
+    same_as_v1(arrays, service.answer(images))
+    assert list(arrays["feature_index"][1, 2:]) == [-1, -1, -1] and list(arrays["feature_name"][1, 2:]) == [""] * 3
+    assert (arrays["weight"][1, 2:] == 0).all() and (arrays["contribution"][1, 2:] == 0).all()
+    assert np.allclose(arrays["contribution"].sum(axis=1), arrays["logit"], atol=1e-5)
+    split = service.respond_tensors([images[:1], images[1:]])  # two requests, one forward pass
+    assert [len(part["label"]) for part in split] == [1, 2]
+    assert np.array_equal(np.concatenate([part["feature_index"] for part in split]), arrays["feature_index"])
+
+
+def test_tensor_inputs_as_floats_bytes_or_png_files_and_named_400s(service: ImageService) -> None:
+    image = digit(3)
+    expected = service.tensors(image[None])
+    for datatype, values in (("FP32", image[None]), ("UINT8", np.rint(image[None] * 255).astype(np.uint8)),
+                             ("BYTES", np.asarray([png_bytes(image)], dtype=object)),
+                             ("BYTES", np.asarray([base64.b64encode(png_bytes(image)).decode()], dtype=object))):
+        inputs = service.decode_tensor(datatype, list(values.shape), values)
+        got = service.tensors(inputs)
+        assert list(got["feature_index"][0]) == list(expected["feature_index"][0]), datatype
+        assert np.allclose(got["logit"], expected["logit"], atol=2e-3), datatype  # UINT8/PNG round to 1/255
+    for datatype, values, message in (
+        ("FP32", np.zeros((1, 3, 3), np.float32), "must be 28x28"),
+        ("FP32", np.full((1, 28, 28), np.nan, np.float32), "finite"),
+        ("FP32", np.full((1, 28, 28), 7, np.float32), "[0, 1]"),
+        ("INT32", np.zeros((1, 28, 28), np.int32), "FP32, FP64, UINT8 or BYTES"),
+        ("BYTES", np.asarray(["not base64 !"], dtype=object), "neither a PNG/JPEG"),
+        ("BYTES", np.asarray([b"\x89PNG\r\n\x1a\nbroken"], dtype=object), "not a readable PNG/JPEG"),
+        ("FP32", np.zeros((0, 28, 28), np.float32), "batch dimension"),
+        ("FP32", np.zeros((300, 28, 28), np.float32), "at most 256"),
+    ):
+        with pytest.raises(RequestError, match=re.escape(message)) as raised:
+            service.decode_tensor(datatype, list(values.shape), values)
+        assert "image FP32 [-1, 28, 28]" in raised.value.accepted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -200,3 +201,21 @@ def test_text_pyfunc_model_answers_sentences_like_the_service(tmp_path: Path, en
             assert row["logit"] == pytest.approx(answer["logits"][answer["label"]], abs=1e-5)
     with pytest.raises(RequestError, match="non-empty sentences"):
         loaded.unwrap_python_model().predict(None, ["fine", ""])
+
+
+def test_text_tensors_take_utf8_sentences_and_pad_missing_words(service: TextService) -> None:
+    from explanation_contract import same_as_v1
+
+    sentences = [SENTENCE, "Who liked the zyzzyva theatre?", "Is it the one that they were?"]
+    values = np.asarray([s.encode() for s in sentences], dtype=object)
+    inputs = service.decode_tensor("BYTES", [3], values)
+    arrays = service.tensors(inputs)
+    same_as_v1(arrays, service.answer(sentences))
+    assert list(arrays["feature_name"][1]) == ["theatre", ""] and list(arrays["feature_index"][2]) == [-1, -1]
+    assert arrays["probabilities"].shape == (3, 3)
+    for datatype, values, message in (("FP32", np.zeros(1, np.float32), "BYTES"),
+                                      ("BYTES", np.asarray([b"caf\xe9"], dtype=object), "not UTF-8"),
+                                      ("BYTES", np.asarray(["  "], dtype=object), "the text is empty")):
+        with pytest.raises(RequestError, match=message) as raised:
+            service.decode_tensor(datatype, [1], values)
+        assert raised.value.accepted == "one input tensor: text BYTES [-1]"

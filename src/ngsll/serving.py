@@ -40,7 +40,7 @@ import torch
 
 from ngsll.checkpoint import model_from_checkpoint
 from ngsll.errors import ConfigError, NGSLLError
-from ngsll.explain import answers_from_output
+from ngsll.explain import answers_from_output, class_probabilities, predict_labels, sparse_explanation
 from ngsll.model import NGSLL
 from ngsll.simplify import image_inputs
 from ngsll.text import TextEncoder, tokenize
@@ -60,6 +60,12 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 EXPLANATION_FIELDS = ("class_weights", "weight_map", "token_weights")
+# Open Inference Protocol outputs of :meth:`Service.tensors`: (name, datatype, one entry per explained feature)
+OUTPUT_TENSORS = (
+    ("label", "BYTES", False), ("probabilities", "FP32", False), ("logit", "FP32", False),
+    ("feature_index", "INT64", True), ("feature_name", "BYTES", True), ("weight", "FP32", True),
+    ("value", "FP32", True), ("contribution", "FP32", True),
+)
 
 
 class RequestError(NGSLLError, ValueError):
@@ -161,6 +167,83 @@ class Service(ABC):
     @abstractmethod
     def answer(self, inputs: Any, explain: bool = False) -> list[dict[str, Any]]:
         """One answer per sample of a batch, from one forward pass."""
+
+    @abstractmethod
+    def simplified(self, inputs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(n, ...) model inputs x and (n, d) simplified inputs z of a batch of samples."""
+
+    @abstractmethod
+    def from_tensor(self, datatype: str, shape: list[int], values: np.ndarray) -> np.ndarray | list[str]:
+        """The samples of one Open Inference Protocol input tensor; raise :class:`RequestError`."""
+
+    @abstractmethod
+    def input_tensors(self) -> list[dict[str, Any]]:
+        """The Open Inference Protocol input tensors this service takes (``name``, ``datatype``, ``shape``)."""
+
+    def output_tensors(self) -> list[dict[str, Any]]:
+        """The Open Inference Protocol output tensors :meth:`tensors` answers with (``name``, ``datatype``,
+        ``shape``; -1 is the batch dimension)."""
+        k, classes = self.model.args.k, len(self.class_names) if self.model.args.task != "regression" else 0
+        return [{"name": name, "datatype": datatype, "shape": [-1, *([classes] if name == "probabilities" else
+                                                                     [k] if per_feature else [])]}
+                for name, datatype, per_feature in OUTPUT_TENSORS]
+
+    def decode_tensor(self, datatype: str, shape: list[int], values: np.ndarray) -> np.ndarray | list[str]:
+        """The samples of one Open Inference Protocol input tensor (see the subclass's ``from_tensor``),
+        at most :data:`DEFAULT_MAX_INSTANCES` of them; raise :class:`RequestError` saying what is accepted."""
+        try:
+            if not shape or shape[0] < 1:
+                raise RequestError(f"an input tensor needs a batch dimension of at least 1, got shape {shape}")
+            if shape[0] > DEFAULT_MAX_INSTANCES:
+                raise RequestError(f"at most {DEFAULT_MAX_INSTANCES} samples per request, got {shape[0]}")
+            return self.from_tensor(datatype, shape, values)
+        except RequestError as error:
+            error.accepted = error.accepted or self.accepted_tensors
+            raise
+
+    @property
+    def accepted_tensors(self) -> str:
+        """What :meth:`decode_tensor` takes, as a 400 body's ``accepted``."""
+        return "one input tensor: " + "; or ".join(f"{t['name']} {t['datatype']} {t['shape']}"
+                                                   for t in self.input_tensors())
+
+    def respond_tensors(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        """:meth:`tensors` for the decoded inputs of several requests in one forward pass, split per request."""
+        ends = np.cumsum([len(inputs) for inputs in requests])[:-1]
+        arrays = self.tensors(self._join(requests))
+        parts = {name: np.split(array, ends) for name, array in arrays.items()}
+        return [{name: part[i] for name, part in parts.items()} for i in range(len(requests))]
+
+    def tensors(self, inputs: Any) -> dict[str, np.ndarray]:
+        """The answers of a batch of n samples as arrays, from one forward pass (no loop per sample).
+
+        ``label`` (n,) object (class name, or the value for regression), ``probabilities`` (n, C) float32
+        (C = 0 for regression), ``logit`` (n,) float32 (the answered class's logit, see
+        :func:`ngsll.explain.answered_class`), and the explanation sorted by |contribution|:
+        ``feature_index`` (n, K) int64, ``feature_name`` (n, K) object, ``weight``, ``value`` and
+        ``contribution`` (n, K) float32, padded with -1 / "" / 0 where a sample has fewer than K features.
+        """
+        x, z = self.simplified(inputs)  # (n, ...), (n, d)
+        z_t = torch.from_numpy(z).to(self.device)  # (n, d)
+        with torch.inference_mode():
+            output = self.model(self._on_device(torch.from_numpy(x)), z_t)
+        args = self.model.args
+        explanation = sparse_explanation(output, z_t, args.k, args.task)  # (n, K) fields
+        valid = explanation.valid.cpu().numpy()  # (n, K)
+        index = np.where(valid, explanation.indices.cpu().numpy(), -1)  # (n, K)
+        names = np.asarray([*self.feature_names, ""], dtype=object)  # index -1 picks ""
+        answered_logit = output.logits.gather(1, explanation.class_index[:, None])[:, 0]  # (n,)
+        probabilities = class_probabilities(output.logits, args.task)  # (n, C) or None
+        if args.task == "regression":
+            labels = np.asarray([str(v) for v in answered_logit.cpu().tolist()], dtype=object)
+            probabilities = torch.zeros(len(z), 0)
+        else:
+            labels = np.asarray(self.class_names, dtype=object)[predict_labels(output.logits, args.task).cpu().numpy()]
+        padded = {name: np.where(valid, getattr(explanation, field).cpu().numpy(), 0).astype(np.float32)
+                  for name, field in (("weight", "weights"), ("value", "values"), ("contribution", "contributions"))}
+        return {"label": labels, "probabilities": probabilities.cpu().numpy().astype(np.float32),
+                "logit": answered_logit.cpu().numpy().astype(np.float32), "feature_index": index.astype(np.int64),
+                "feature_name": names[index], **padded}
 
     def respond(self, bodies: list[Any], explain: list[bool] | None = None) -> list[tuple[int, Any]]:
         """Answer a batch of requests: one forward pass for all good ones; ``(status, payload)`` each.
@@ -273,6 +356,28 @@ class ImageService(Service):
     def _on_device(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device).contiguous(memory_format=torch.channels_last)  # (n, C, H, W)
 
+    def simplified(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return image_inputs(inputs, self.grid, self.spec["cell_values"])  # (n, C, H, W), (n, d)
+
+    def input_tensors(self) -> list[dict[str, Any]]:
+        pixels = [self.height, self.width] + ([3] if self.channels == 3 else [])
+        return [{"name": "image", "datatype": "FP32", "shape": [-1, *pixels]},
+                {"name": "image", "datatype": "BYTES", "shape": [-1]}]
+
+    def from_tensor(self, datatype: str, shape: list[int], values: np.ndarray) -> np.ndarray:
+        """(n, C, H, W) pixels of an input tensor: FP32/FP64 ``[n, H, W]`` (``[n, H, W, 3]`` or
+        ``[n, 3, H, W]`` for RGB) in [0, 1], UINT8 of that shape in 0-255, or BYTES ``[n]`` of PNG/JPEG files
+        (raw, or base64 text as JSON carries them)."""
+        if datatype == "BYTES":
+            return self._join([_image_from_bytes(_file_bytes(item), self.spec, self.max_pixels)
+                               for item in values.reshape(-1)])
+        if datatype not in ("FP32", "FP64", "UINT8"):
+            raise RequestError(f"image tensors must be FP32, FP64, UINT8 or BYTES (PNG/JPEG), got {datatype}")
+        pixels = values.astype(np.float32) / (255.0 if datatype == "UINT8" else 1.0)
+        if not np.isfinite(pixels).all() or pixels.min(initial=0) < 0 or pixels.max(initial=0) > 1:
+            raise RequestError("FP32/FP64 pixel values must be finite and lie in [0, 1]")
+        return self.pixels_from_array(pixels)
+
     def _raw(self, body: bytes) -> np.ndarray:
         return _image_from_bytes(body, self.spec, self.max_pixels)
 
@@ -305,7 +410,7 @@ class ImageService(Service):
         feature) and ``weight_map``: the answered class's sparse weights as a rows x cols grid (one grid per
         channel, ``[C][rows][cols]``, when z holds a value per channel).
         """
-        x, z = image_inputs(inputs, self.grid, self.spec["cell_values"])  # (n, C, H, W), (n, d)
+        x, z = self.simplified(inputs)  # (n, C, H, W), (n, d)
         answers, class_weights = self._forward(x, z, explain)
         if explain:
             rows, cols = self.grid
@@ -355,6 +460,24 @@ class TextService(Service):
     def _join(self, samples: list[Any]) -> list[str]:
         return [text for sample in samples for text in ([sample] if isinstance(sample, str) else sample)]
 
+    def simplified(self, inputs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.encoder.encode(inputs)  # (n, T) token ids, (n, d) bag of words
+
+    def input_tensors(self) -> list[dict[str, Any]]:
+        return [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+
+    def from_tensor(self, datatype: str, shape: list[int], values: np.ndarray) -> list[str]:
+        """The sentences of a BYTES ``[n]`` tensor (UTF-8)."""
+        if datatype != "BYTES":
+            raise RequestError(f"text tensors must be BYTES (UTF-8 sentences), got {datatype}")
+        sentences = []
+        for item in values.reshape(-1):
+            try:
+                sentences.append(_sentence(item.decode("utf-8") if isinstance(item, bytes) else item))
+            except UnicodeDecodeError as error:
+                raise RequestError(f"a sentence is not UTF-8 text ({error})") from error
+        return sentences
+
     def answer(self, inputs: list[str], explain: bool = False) -> list[dict[str, Any]]:
         """Answers for n sentences from one batched forward pass (see :func:`answers_from_output`).
 
@@ -363,7 +486,7 @@ class TextService(Service):
         answered class's gated weight (0 where the gate did not choose the word) or None for a token that
         is not a feature (a stopword, a rare or unknown word).
         """
-        x, z = self.encoder.encode(inputs)  # (n, T) token ids, (n, d) bag of words
+        x, z = self.simplified(inputs)  # (n, T) token ids, (n, d) bag of words
         answers, class_weights = self._forward(x, z, explain)
         if explain:
             index = self.encoder.vocabulary.index
@@ -407,6 +530,19 @@ def _parse_json(raw: bytes) -> Any:
         raise RequestError(f"the body is not valid JSON ({error.__class__.__name__}: {error})") from error
 
 
+def _file_bytes(item: Any) -> bytes:
+    """The PNG/JPEG file of one BYTES element: raw bytes (binary tensor data) or base64 (JSON text)."""
+    raw = item.encode() if isinstance(item, str) else bytes(item) if isinstance(item, (bytes, bytearray)) else None
+    if raw is None:
+        raise RequestError(f"BYTES elements must be PNG/JPEG files, got {type(item).__name__}")
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" or raw[:2] == b"\xff\xd8":
+        return raw
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise RequestError(f"a BYTES image is neither a PNG/JPEG file nor its base64 ({error})") from error
+
+
 def _sentence(text: Any) -> str:
     if not isinstance(text, str):
         raise RequestError(f"\"text\" must be a string, got {type(text).__name__}")
@@ -434,7 +570,9 @@ def _image_from_bytes(body: bytes, spec: dict[str, Any], max_pixels: int = DEFAU
         raise
     except Image.DecompressionBombError as error:  # PIL's own guard fires in open() beyond ~179 megapixels
         raise RequestError(f"the image is a decompression bomb ({error}); the limit is {max_pixels} pixels") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError as error:  # its message names a memory address: say it without one
+        raise RequestError("the body is not a readable PNG/JPEG image (no image format recognised)") from error
+    except (OSError, SyntaxError, ValueError) as error:
         raise RequestError(f"the body is not a readable PNG/JPEG image ({error})") from error
     if spec.get("invert_light_background") and pixels.mean() > 0.5:  # dark ink on light paper: MNIST's is bright
         pixels = 1.0 - pixels
