@@ -25,6 +25,7 @@ pytest.importorskip("ts")
 pytest.importorskip("model_archiver")
 
 from conftest import tiny_args  # noqa: E402
+from explanation_contract import check_served  # noqa: E402
 from ngsll import build_model  # noqa: E402
 from ngsll.checkpoint import checkpoint_dict  # noqa: E402
 from ngsll.simplify import cell_names  # noqa: E402
@@ -101,6 +102,7 @@ def post(url: str, body: bytes, content_type: str = "application/json", token: s
 
 
 def check_invariant(answer: dict) -> None:
+    check_served(answer)  # docs/schema/explanation-v1.schema.json and its invariants
     assert len(answer["weights"]) == answer["k"] == 5  # the test digits ink more than 5 cells
     assert sum(w["contribution"] for w in answer["weights"]) == pytest.approx(answer["logit"], abs=1e-4)
     assert answer["label"] in CLASSES and set(answer["probabilities"]) == set(CLASSES)
@@ -156,6 +158,7 @@ def test_bad_requests_get_400_and_the_worker_stays_alive(server: Server, body: b
     url = f"{server.client.inference_url}/predictions/ngsll"
     status, payload = post(url, body, content_type)
     assert status == expected
+    check_served(payload)
     if content_type.endswith("form-urlencoded"):  # named as such, not as an empty body
         assert "x-www-form-urlencoded" in payload["error"] and "text/plain" in payload["error"]
     if not body:
@@ -286,6 +289,7 @@ def test_a_text_archive_answers_sentences_with_word_weights(server: Server, tmp_
             answers = list(pool.map(lambda item: post(url, *item), bodies))
         for text, (status, answer), reference in zip(sentences, answers, expected):
             assert status == 200
+            check_served(answer)
             check_answer(answer, text)
             assert_same_answer(answer, reference)
         status, explained = post(f"{server.client.inference_url}/explanations/ngsll-text", SENTENCE.encode(), "text/plain")
