@@ -11,6 +11,9 @@ TORCH_VERSION ?= 2.13.0
 DATASET ?= mnist
 # Serve a registered MLflow model instead of the packaged archive: make serve MODEL=models:/ngsll-mnist@champion
 MODEL ?=
+# Which server: torchserve (the archive's production config) or kserve (KServe's Python model server, v1 + v2)
+SERVER ?= torchserve
+SERVE_MODULE = $(if $(filter kserve,$(SERVER)),ngsll_plugins.kserve_server,$(if $(filter torchserve,$(SERVER)),ngsll_plugins.serve,$(error SERVER must be torchserve or kserve, got '$(SERVER)')))
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -25,7 +28,7 @@ venv: $(BIN)/python
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[pipeline,serve,benchmarks,ray,test]"
+	$(BIN)/python -m pip install --quiet -e ".[pipeline,serve,kserve,benchmarks,ray,test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -38,10 +41,10 @@ test: install
 	$(BIN)/python -m pytest -q -rs
 
 serve: install
-	$(BIN)/python -m ngsll_plugins.serve start models/$(DATASET)/serve $(if $(MODEL),--model-uri $(MODEL))
+	$(BIN)/python -m $(SERVE_MODULE) start models/$(DATASET)/serve $(if $(MODEL),--model-uri $(MODEL))
 
 serve-stop:
-	$(BIN)/python -m ngsll_plugins.serve stop models/$(DATASET)/serve
+	$(BIN)/python -m $(SERVE_MODULE) stop models/$(DATASET)/serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,7 +3,9 @@
 Writes ``<serve-dir>/model-store/<name>.mar`` (state-dict checkpoint of the served K, handler, features.json
 with the feature and class names and, for images, the image spec serving converts requests by; for text
 models the vocabularies ``encoder.json``; the ngsll package), ``<serve-dir>/config/config.properties``
-(loopback only, token authorisation on, model API off, Prometheus metrics on, server-side batching) and a
+(loopback only, token authorisation on, model API off, Prometheus metrics on, server-side batching),
+``<serve-dir>/config/kserve.json`` (model name, loopback host, port and batch cap for
+``ngsll_plugins.kserve_server``, which serves the same archive on KServe's model server) and a
 sample request for the README's curl example under ``<serve-dir>/sample/``: a test image as PNG and JSON
 (``sample.png``, ``sample.json``) or a test sentence as plain text and JSON (``sample.txt``, ``sample.json``).
 With ``--kserve-dir`` also the layout KServe's TorchServe runtime mounts at ``/mnt/models``
@@ -94,6 +96,9 @@ def main() -> None:
         metrics_port=int(serve["metrics_port"]), models=models,
     )
     config.write(args.serve_dir / "config" / "config.properties")
+    write_text(args.serve_dir / "config" / "kserve.json", json.dumps({
+        "model_name": name, "host": "127.0.0.1", "http_port": int(serve["kserve_port"]),
+        "max_batch_size": int(serve["kserve_max_batch_size"])}, indent=2) + "\n")
     if args.kserve_dir is not None:
         (args.kserve_dir / "model-store").mkdir(parents=True, exist_ok=True)
         shutil.copy2(mar, args.kserve_dir / "model-store" / mar.name)

@@ -102,8 +102,9 @@ def tiny_params(source: str, data_path: Path, sentences: Path, shapes: Path | No
     text["train"]["coarse"]["k"] = 3  # the tiny vocabulary has fewer than 10 words
     params["baselines"]["cv_folds"] = 2
     params["evaluate"].update(timing_samples=16, single_samples=4, figure_digits_per_class=1)
-    inference, management, metrics = free_ports(3)  # `make serve` in a test must not need 8080-8082 free
-    params["serve"].update(inference_port=inference, management_port=management, metrics_port=metrics)
+    inference, management, metrics, kserve = free_ports(4)  # `make serve` in a test must not need 8080-8090 free
+    params["serve"].update(inference_port=inference, management_port=management, metrics_port=metrics,
+                           kserve_port=kserve)
     mnist = params["datasets"]["mnist"]
     mnist["data"].update(source=source, path=str(data_path), num_validation=20)
     del mnist["data"]["wheel"]
@@ -451,6 +452,43 @@ def test_the_rgb_archive_served_by_torchserve_answers_a_png_with_three_classes(p
     finally:
         subprocess.run([*command, "stop", str(serve_dir)], cwd=pipeline_repo, env=environment(pipeline_repo),
                        capture_output=True, timeout=120)
+
+
+def test_every_packaged_dataset_is_served_by_kserve_v1_and_v2_alike(pipeline_repo: Path) -> None:
+    """`python -m ngsll_plugins.kserve_server start models/<name>/serve` (make serve SERVER=kserve) on the
+    RGB archive and the text archive the pipeline packaged: v1 answers and v2 tensors say the same."""
+    from explanation_contract import check_served, same_as_v1, v2_outputs
+
+    command = [sys.executable, "-m", "ngsll_plugins.kserve_server"]
+    for name in ("shapes", "tiny"):
+        serve_dir = pipeline_repo / f"models/{name}/serve"
+        config = json.loads((serve_dir / "config/kserve.json").read_text())
+        assert config["model_name"] == f"ngsll-{name}" and config["host"] == "127.0.0.1"
+        url = f"http://127.0.0.1:{config['http_port']}"
+        sample = json.loads((serve_dir / "sample/sample.json").read_text())
+
+        def post(path: str, payload: dict) -> dict:
+            request = urllib.request.Request(url + path, data=json.dumps(payload).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+
+        try:
+            started = subprocess.run([*command, "start", str(serve_dir)], cwd=pipeline_repo,
+                                     env=environment(pipeline_repo), capture_output=True, text=True, timeout=240)
+            assert started.returncode == 0, started.stderr[-3000:]
+            answer = post(f"/v1/models/ngsll-{name}:predict", sample)
+            check_served(answer)
+            if name == "shapes":
+                pixels = np.asarray(sample["image"], dtype=np.float32)  # (24, 32, 3)
+                tensor = {"name": "image", "datatype": "FP32", "shape": [1, *pixels.shape], "data": pixels.ravel().tolist()}
+            else:
+                tensor = {"name": "text", "datatype": "BYTES", "shape": [1], "data": [sample["text"]]}
+            arrays = v2_outputs(post(f"/v2/models/ngsll-{name}/infer", {"inputs": [tensor]}), k=3)
+            same_as_v1(arrays, [answer])
+        finally:
+            subprocess.run([*command, "stop", str(serve_dir)], cwd=pipeline_repo, env=environment(pipeline_repo),
+                           capture_output=True, timeout=120)
 
 
 @pytest.mark.parametrize(("breakage", "stage", "message"), [
