@@ -176,6 +176,20 @@ def test_bad_requests_get_the_torchserve_status_and_body_and_the_server_goes_on(
     check_served(answer)
 
 
+@pytest.mark.parametrize("megabytes", [2, 50])
+def test_oversized_bodies_get_a_413_answer_and_a_decompression_bomb_a_400(images: KServe, megabytes: int) -> None:
+    """Up to 16 MiB the service's own 413 (as on TorchServe); beyond, the server drains the body unread and
+    answers 413 too, where TorchServe's frontend resets the connection. A bomb is refused from its header."""
+    from test_serving import png_header
+
+    status, payload = images.v1(b"\x89PNG" + b"\x00" * (megabytes << 20), "image/png")
+    assert status == 413 and "bytes;" in payload["error"]
+    check_served(payload)
+    status, payload = images.v1(png_header(16000, 16000), "image/png")
+    assert status == 400 and "the limit is 16777216 pixels" in payload["error"]
+    assert images.v1(json.dumps({"image": digit().tolist()}).encode())[0] == 200
+
+
 def test_a_form_encoded_body_reaches_the_model_on_kserve_and_is_refused_for_what_it_is(images: KServe) -> None:
     """TorchServe drops a form-encoded body (its 400 says so); KServe hands it over, so the error names the bytes."""
     status, payload = images.v1(b"a digit, sent as curl -d sends it", "application/x-www-form-urlencoded")

@@ -62,6 +62,9 @@ from ngsll.serving import DEFAULT_MAX_INSTANCES, RequestError, Service, load_ser
 
 DEFAULT_PORT = 8090
 READY_TIMEOUT_S = 120.0
+# The largest body read into memory (TorchServe's max_request_size in the packaged config). The service
+# itself refuses bodies over its own 1 MiB with a 413; this bound only keeps larger ones out of memory.
+MAX_REQUEST_BYTES = 16 << 20
 
 
 class NGSLLModel(kserve.Model):
@@ -200,8 +203,30 @@ class RawBodyDataPlane(DataPlane):
         return super().decode(body, headers, protocol_version=protocol_version, model_name=model_name)
 
 
+class BodyLimit:
+    """ASGI middleware: a body declared larger than ``max_bytes`` is drained unread (never held in memory)
+    and answered 413 with the NGSLL error body, so the client gets an HTTP answer, not a reset connection."""
+
+    def __init__(self, app, max_bytes: int = MAX_REQUEST_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        length = dict(scope.get("headers") or []).get(b"content-length") if scope["type"] == "http" else None
+        if length is None or not length.isdigit() or int(length) <= self.max_bytes:
+            await self.app(scope, receive, send)
+            return
+        while (await receive()).get("more_body", False):
+            pass
+        body = json.dumps({"error": f"the request body has {int(length)} bytes; the server reads at most "
+                                    f"{self.max_bytes}", "accepted": "a body the model's service takes"}).encode()
+        await send({"type": "http.response.start", "status": HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 class LoopbackRESTServer(RESTServer):
-    """KServe's REST server on a chosen host (KServe's binds every interface) with NGSLL's 4xx bodies."""
+    """KServe's REST server on a chosen host (KServe's binds every interface) with NGSLL's 4xx bodies and a
+    bound on the body size (:class:`BodyLimit`)."""
 
     def __init__(self, *args: Any, host: str = "127.0.0.1", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -210,6 +235,10 @@ class LoopbackRESTServer(RESTServer):
     def _add_exception_handlers(self, app) -> None:
         super()._add_exception_handlers(app)
         app.add_exception_handler(ServedError, served_error_handler)
+
+    def _add_middlewares(self, app) -> None:
+        super()._add_middlewares(app)
+        app.add_middleware(BodyLimit)
 
 
 class NGSLLModelServer(kserve.ModelServer):
