@@ -64,3 +64,41 @@ def test_empty_and_malformed_input_are_clear_errors() -> None:
         NormLIME(3, 2).update(np.ones((2, 3)), np.array([0, 2]))
     with pytest.raises(InputError, match="same shape"):
         NormLIME(3, 2).merge(NormLIME(4, 2))
+
+
+def test_selection_frequency_and_class_samples_by_hand() -> None:
+    normlime = NormLIME(num_features=3, num_classes=2).update(WEIGHTS, PREDICTED)
+    assert normlime.class_samples.tolist() == [2, 2]
+    # class 0: rows [2, 0, -2] and [0, 0, 0] -> features 0 and 2 in one of two; class 1: 0 once, 1 twice, 2 once
+    assert normlime.selection_frequency_.tolist() == [[0.5, 0.0, 0.5], [0.5, 1.0, 0.5]]
+
+
+def test_the_sparse_form_a_server_answers_with_gives_the_dense_result() -> None:
+    rng = np.random.default_rng(1)
+    dense = rng.normal(size=(30, 12)) * (rng.random((30, 12)) < 0.3)
+    dense[3] = 0  # a sample without any weight
+    predicted = rng.integers(0, 3, size=30)
+    k = int((dense != 0).sum(axis=1).max())
+    order = np.argsort(-np.abs(dense), axis=1, kind="stable")[:, :k]  # (30, k) the largest |w| first
+    weights = np.take_along_axis(dense, order, axis=1)
+    indices = np.where(weights != 0, order, -1)  # padded as the v2 tensors are
+    sparse = NormLIME(12, 3).update_sparse(indices, np.where(indices >= 0, weights, 0), predicted)
+    reference = NormLIME(12, 3).update(dense, predicted)
+    for name in NormLIME.STATE:
+        assert np.allclose(getattr(sparse, name), getattr(reference, name)), name
+    assert sparse.samples == reference.samples == 30
+    with pytest.raises(InputError, match="0..11"):
+        NormLIME(12, 3).update_sparse(np.full((1, 2), 12), np.ones((1, 2)), np.zeros(1, dtype=int))
+
+
+def test_state_round_trips_through_plain_json_and_merges_with_class_samples() -> None:
+    import json
+
+    first = NormLIME(3, 2).update(WEIGHTS[:2], PREDICTED[:2])
+    second = NormLIME(3, 2).update(WEIGHTS[2:], PREDICTED[2:])
+    rebuilt = NormLIME.from_dict(json.loads(json.dumps(first.to_dict()))).merge(second)
+    whole = NormLIME(3, 2).update(WEIGHTS, PREDICTED)
+    assert rebuilt.class_samples.tolist() == whole.class_samples.tolist() == [2, 2]
+    assert rebuilt.global_importance_ == pytest.approx(whole.global_importance_)
+    with pytest.raises(InputError, match="shape"):
+        NormLIME.from_dict({**first.to_dict(), "count": [[1, 2]]})

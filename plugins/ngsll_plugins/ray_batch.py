@@ -23,7 +23,7 @@ from ngsll.checkpoint import model_from_checkpoint
 from ngsll.importance import answered_weights
 from ngsll.normlime import NormLIME
 
-_SUMS = ("weighted_sum", "signed_sum", "count", "squared_sum", "abs_sum")
+_SUMS = NormLIME.STATE  # every sum of the accumulator (class_samples included)
 
 
 @dataclass
