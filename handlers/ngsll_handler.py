@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from ngsll.capture import CaptureSettings, CaptureSink
 from ngsll.serving import RequestError, load_service
 
 FORM_ENCODED = (
@@ -52,13 +53,17 @@ class NGSLLHandler(BaseHandler):
         serialized = context.manifest["model"]["serializedFile"]
         gpu = properties.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
-        threads = ((getattr(context, "model_yaml_config", None) or {}).get("handler") or {}).get("torch_threads")
+        handler_config = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        threads = handler_config.get("torch_threads")
         if threads:  # one worker per core instead of every worker on every core
             torch.set_num_threads(int(threads))
         self.service = load_service(
             os.path.join(model_dir, serialized), os.path.join(model_dir, "features.json"),
             os.path.join(model_dir, "encoder.json"), device=self.device,
         )
+        self.capture = self._capture_sink(context, handler_config.get("capture") or {})
+        self.service.capture = self.capture
+        self.reported = (0, 0)  # captured, dropped counts already sent to the metrics endpoint
         self.initialized = True
         args = self.service.model.args
         logger.info("NGSLL (%s, K=%d, d=%d) loaded on %s, %d torch thread(s)", args.input_kind, args.k,
@@ -69,8 +74,37 @@ class NGSLLHandler(BaseHandler):
         bodies = [request_body(row) for row in data]
         explain = [context.get_request_header(i, "explain") == "True" for i in range(len(data))]
         responses = self.service.respond(bodies, explain)
+        if self.capture is not None:
+            self._report_capture(context)
         for index, (status, _) in enumerate(responses):
             context.set_response_header(index, "Content-Type", "application/json")
             if status != 200:
                 context.set_response_status(status, HTTPStatus(status).phrase, idx=index)
         return [json.dumps(payload) for _, payload in responses]
+
+    @staticmethod
+    def _capture_sink(context: Any, settings: dict[str, Any]) -> CaptureSink | None:
+        """The capture sink the model config asks for, in ``NGSLL_CAPTURE_DIR``; None when capture is off."""
+        if not settings.get("enabled"):
+            return None
+        folder = os.environ.get("NGSLL_CAPTURE_DIR")
+        if not folder:
+            logger.warning("handler.capture is enabled but NGSLL_CAPTURE_DIR is not set: nothing is captured")
+            return None
+        model = context.manifest["model"]
+        sink = CaptureSink(CaptureSettings.from_dict(folder, settings), model.get("modelName", ""),
+                           str(model.get("modelVersion", "")))
+        logger.info("capturing every answered explanation into %s", folder)
+        return sink
+
+    def _report_capture(self, context: Any) -> None:
+        """Add what the sink captured and dropped since the last batch to the two counters."""
+        captured, dropped = self.capture.captured, self.capture.dropped
+        metrics = getattr(context, "metrics", None)
+        if metrics is None:
+            return
+        for name, now, before in (("NGSLLExplanationsCaptured", captured, self.reported[0]),
+                                  ("NGSLLExplanationsDropped", dropped, self.reported[1])):
+            if now > before:
+                metrics.add_counter(name, now - before)
+        self.reported = (captured, dropped)

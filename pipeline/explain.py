@@ -2,7 +2,9 @@
 weights, beside SP-LIME, mean |w| and the DNN's average input gradient, and a Keep-And-Retrain
 faithfulness check of each ranking (random included). Images and text alike: over cells, the pictures are
 signed maps on each class's average image; over words, the top words of each class with their signed
-mean weight (``top_words.md`` and ``top_words.png``).
+mean weight (``top_words.md`` and ``top_words.png``). ``reference_profile.json`` is the served K's NormLIME
+state over the split (importance, per-class selection frequencies, class shares): the reference that
+explanation monitoring (``python -m ngsll_plugins.monitor``) compares the served explanations with.
 
 ``explain.engine: ray`` computes the NormLIME passes on Ray Data instead (same numbers; a local Ray, or
 the cluster at ``explain.ray.address`` / ``RAY_ADDRESS``), optionally writing each sample's sparse
@@ -22,6 +24,7 @@ from ngsll.importance import (
     GradientView, accumulate_normlime, input_gradient_view, keep_and_retrain, lime_local_weights, text_gradient_view,
     top_features_by_class, top_features_markdown,
 )
+from ngsll.monitoring import ExplanationProfile
 from ngsll.normlime import NormLIME
 from ngsll.plots import cell_maps, faithfulness_figure, top_features_figure, weight_overlay_figure
 from ngsll.text import TextEncoder
@@ -176,6 +179,9 @@ def main() -> None:
     else:
         importance["top_words_by_class"] = text_pictures(normlimes[shown_k], names, classes, shown_k, args.out_dir)
     write_json(args.out_dir / "importance.json", importance)
+    reference = ExplanationProfile(names, classes, normlimes[shown_k], dataset.serve["model_name"],
+                                   f"{settings['split']} split, {shown_k}", features.get("image"))
+    write_json(args.out_dir / "reference_profile.json", reference.to_dict())  # what explanation monitoring compares with
     save_figure(faithfulness_figure(gains), args.out_dir / "faithfulness.png")
     tables = [format_table({name: {round(100 * f): g for f, g in curve.items()} for name, curve in rankings.items()},
                            [round(100 * f) for f in fractions], title=f"test error gain, {panel}",

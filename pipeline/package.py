@@ -5,7 +5,9 @@ with the feature and class names and, for images, the image spec serving convert
 models the vocabularies ``encoder.json``; the ngsll package), ``<serve-dir>/config/config.properties``
 (loopback only, token authorisation on, model API off, Prometheus metrics on, server-side batching),
 ``<serve-dir>/config/kserve.json`` (model name, loopback host, port and batch cap for
-``ngsll_plugins.kserve_server``, which serves the same archive on KServe's model server) and a
+``ngsll_plugins.kserve_server``, which serves the same archive on KServe's model server),
+``<serve-dir>/config/capture.json`` (``serve.capture``: whether and how much both servers capture of the
+answered explanations; the archive's model config carries it for TorchServe) and a
 sample request for the README's curl example under ``<serve-dir>/sample/``: a test image as PNG and JSON
 (``sample.png``, ``sample.json``) or a test sentence as plain text and JSON (``sample.txt``, ``sample.json``).
 With ``--kserve-dir`` also the layout KServe's TorchServe runtime mounts at ``/mnt/models``
@@ -87,8 +89,10 @@ def main() -> None:
         raise SystemExit(f"datasets.{args.dataset}.serve.k is {serve['k']}, which is not one of train.ks {dataset.ks}")
     encoder = args.data_dir / "encoder.json" if dataset.kind == "text" else None
 
+    capture = dict(serve.get("capture") or {"enabled": False})
     mar = build_archive(checkpoint, args.data_dir / "features.json", args.serve_dir / "model-store", name,
-                        str(serve["version"]), encoder=encoder, torch_threads=serve.get("threads_per_worker"))
+                        str(serve["version"]), encoder=encoder, torch_threads=serve.get("threads_per_worker"),
+                        capture=capture if capture.get("enabled") else None)
     models = {name: {"mar": mar.name, "batch_size": serve["batch_size"], "max_batch_delay": serve["max_batch_delay"],
                      "workers": serve.get("workers", 1)}}
     config = ServerConfig(
@@ -96,6 +100,7 @@ def main() -> None:
         metrics_port=int(serve["metrics_port"]), models=models,
     )
     config.write(args.serve_dir / "config" / "config.properties")
+    write_text(args.serve_dir / "config" / "capture.json", json.dumps(capture, indent=2) + "\n")
     write_text(args.serve_dir / "config" / "kserve.json", json.dumps({
         "model_name": name, "host": "127.0.0.1", "http_port": int(serve["kserve_port"]),
         "max_batch_size": int(serve["kserve_max_batch_size"])}, indent=2) + "\n")

@@ -58,6 +58,7 @@ from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import RESTServer
+from ngsll.capture import CaptureSettings, CaptureSink
 from ngsll.serving import DEFAULT_MAX_INSTANCES, RequestError, Service, load_service
 
 DEFAULT_PORT = 8090
@@ -166,6 +167,24 @@ class NGSLLModel(kserve.Model):
             for i, arrays in zip(v2, self.service.respond_tensors([items[i][1] for i in v2])):
                 results[i] = (200, arrays)
         return results
+
+
+class CaptureCounters:
+    """Prometheus collector of a capture sink's counts: ``ngsll_explanations_captured_total`` and
+    ``ngsll_explanations_dropped_total`` by model, read from the sink at scrape time (nothing per request)."""
+
+    def __init__(self, model: str, sink: CaptureSink) -> None:
+        self.model, self.sink = model, sink
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        for name, value, text in (("ngsll_explanations_captured", self.sink.captured, "explanations written"),
+                                  ("ngsll_explanations_dropped", self.sink.dropped,
+                                   "explanations dropped (queue full, disk full or folder not writable)")):
+            family = CounterMetricFamily(name, f"NGSLL capture: {text}", labels=["model"])
+            family.add_metric([self.model], value)
+            yield family
 
 
 class ServedError(Exception):
@@ -285,14 +304,20 @@ def model_files_in(model_dir: Path, unpack_to: Path) -> tuple[Path, Path, Path |
 
 
 def serve(name: str, checkpoint: Path, features: Path, encoder: Path | None, host: str, port: int,
-          max_batch_size: int) -> None:
-    """Load the model and serve it in the foreground until SIGTERM / SIGINT."""
+          max_batch_size: int, capture: CaptureSettings | None = None, version: str = "") -> None:
+    """Load the model and serve it in the foreground until SIGTERM / SIGINT; with ``capture`` every answered
+    explanation goes to its folder (:mod:`ngsll.capture`), counted on ``/metrics``."""
     threads = os.environ.get("NGSLL_TORCH_THREADS")
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
     service = load_service(checkpoint, features, encoder)
+    if capture is not None:
+        from prometheus_client import REGISTRY
+
+        service.capture = CaptureSink(capture, name, version)
+        REGISTRY.register(CaptureCounters(name, service.capture))
     NGSLLModelServer(host, port).start([NGSLLModel(name, service, max_batch_size)])
 
 
@@ -314,8 +339,9 @@ def wait_until_ready(url: str, name: str, process: subprocess.Popen | None = Non
 
 
 def start_background(run_dir: Path, name: str, model_dir: Path | None, host: str, port: int, max_batch_size: int,
-                     model_uri: str | None = None) -> subprocess.Popen:
-    """Start ``run`` as a background process (log ``run_dir/kserve.log``, pid ``run_dir/kserve.pid``)."""
+                     model_uri: str | None = None, capture: dict | None = None) -> subprocess.Popen:
+    """Start ``run`` as a background process (log ``run_dir/kserve.log``, pid ``run_dir/kserve.pid``); with
+    ``capture`` (a ``capture.json`` mapping) capturing into ``run_dir/captures``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     pid_file = run_dir / "kserve.pid"
     if pid_file.exists() and _alive(int(pid_file.read_text())):
@@ -323,6 +349,8 @@ def start_background(run_dir: Path, name: str, model_dir: Path | None, host: str
     command = [sys.executable, "-m", "ngsll_plugins.kserve_server", "run", "--name", name, "--host", host,
                "--port", str(port), "--max-batch-size", str(max_batch_size)]
     command += ["--model-uri", model_uri] if model_uri else ["--model-dir", str(model_dir)]
+    if capture:
+        command += ["--capture-dir", str(run_dir / "captures"), "--capture", json.dumps(capture)]
     with open(run_dir / "kserve.log", "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
@@ -384,6 +412,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_INSTANCES // 4)
+    parser.add_argument("--capture-dir", type=Path, help="run: capture every answered explanation here")
+    parser.add_argument("--capture", default="{}", help="run: capture bounds as JSON (max_file_mb, max_total_mb, ...)")
     args = parser.parse_args()
     if args.action == "run":
         if not args.name or not (args.model_dir or args.model_uri):
@@ -398,7 +428,10 @@ def main() -> None:
                 files = model_files(args.model_uri, Path(unpacked))
             else:
                 files = model_files_in(args.model_dir, Path(unpacked))
-            serve(args.name, *files, host=args.host, port=args.port, max_batch_size=args.max_batch_size)
+            capture = (CaptureSettings.from_dict(args.capture_dir, json.loads(args.capture)) if args.capture_dir
+                       else None)
+            serve(args.name, *files, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+                  capture=capture)
         return
     if args.serve_dir is None:
         parser.error(f"{args.action} needs SERVE_DIR")
@@ -408,8 +441,10 @@ def main() -> None:
         return
     config = read_config(args.serve_dir)
     name, host, port = config["model_name"], config["host"], int(config["http_port"])
+    capture_path = args.serve_dir / "config" / "capture.json"
+    capture = json.loads(capture_path.read_text()) if capture_path.exists() else {}
     start_background(run_dir, name, args.serve_dir / "model-store", host, port, int(config["max_batch_size"]),
-                     args.model_uri)
+                     args.model_uri, capture if capture.get("enabled") else None)
     url = f"http://{host}:{port}"
     text = (args.serve_dir / "sample" / "sample.txt").exists()
     sample = args.serve_dir / "sample" / "sample.json"
@@ -424,7 +459,8 @@ Each answer holds the label, probabilities, logit(s) and the top-K weights that 
   v2:  curl -s -H "Content-Type: application/json" -d "{v2.replace('"', chr(92) + '"')}" {url}/v2/models/{name}/infer
   tensors: curl -s {url}/v2/models/{name}    ready: {url}/v2/health/ready    metrics: {url}/metrics
 
-Log: {run_dir / 'kserve.log'}    Stop it with: python -m ngsll_plugins.kserve_server stop {args.serve_dir}""")
+Log: {run_dir / 'kserve.log'}{'    Captured explanations: ' + str(run_dir / 'captures') if capture.get('enabled') else ''}
+Stop it with: python -m ngsll_plugins.kserve_server stop {args.serve_dir}""")
 
 
 if __name__ == "__main__":

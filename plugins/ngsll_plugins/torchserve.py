@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 import ngsll
 
 HANDLER = Path(__file__).resolve().parents[2] / "handlers" / "ngsll_handler.py"
@@ -45,6 +47,7 @@ def build_archive(
     handler: Path = HANDLER,
     encoder: Path | None = None,
     torch_threads: int | None = None,
+    capture: dict | None = None,
 ) -> Path:
     """``torch-model-archiver`` a plain-dict checkpoint (no TorchScript) into ``export_dir/<name>.mar``.
 
@@ -52,7 +55,8 @@ def build_archive(
     prepared data's ``encoder.json`` (vocabularies; required by the handler for them) and a copy of the
     ``ngsll`` package, so a TorchServe with torch installed can serve it. ``torch_threads``: the intra-op
     threads each worker's torch uses (the model config's ``handler.torch_threads``; default: torch's own,
-    all cores, which oversubscribes the CPU as soon as a model has more than one worker).
+    all cores, which oversubscribes the CPU as soon as a model has more than one worker). ``capture``: the
+    model config's ``handler.capture`` (``enabled``, ``max_file_mb``, ...; see the handler); default off.
     """
     export_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as staging:
@@ -66,9 +70,11 @@ def build_archive(
             "--serialized-file", str(checkpoint), "--handler", str(handler), "--extra-files", str(code),
             "--export-path", str(export_dir), "--force",
         ]
-        if torch_threads is not None:
+        handler_config = {**({"torch_threads": int(torch_threads)} if torch_threads is not None else {}),
+                          **({"capture": dict(capture)} if capture else {})}
+        if handler_config:
             model_config = Path(staging) / "model-config.yaml"
-            model_config.write_text(f"handler:\n  torch_threads: {int(torch_threads)}\n")
+            model_config.write_text(yaml.safe_dump({"handler": handler_config}, sort_keys=False))
             command += ["--config-file", str(model_config)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -109,6 +115,7 @@ class ServerConfig:
             f"disable_token_authorization={str(not self.token_auth).lower()}",
             f"enable_model_api={str(self.model_api).lower()}",
             "metrics_mode=prometheus",
+            "model_metrics_auto_detect=true",  # the handler's own counters (captured / dropped explanations)
             "default_workers_per_model=1",
             f"initial_worker_port={self.worker_port}",
             f"max_request_size={self.max_request_size}",

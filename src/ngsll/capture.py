@@ -92,6 +92,16 @@ class CaptureSink:
         except queue.Full:
             self._count(dropped=len(answers))
 
+    def offer_tensors(self, arrays: dict[str, Any]) -> None:
+        """Queue one batch answered as arrays (:meth:`ngsll.serving.Service.tensors`); never blocks or raises."""
+        count = len(arrays.get("label", ()))
+        if not count:
+            return
+        try:
+            self._queue.put_nowait((time.time(), arrays))
+        except queue.Full:
+            self._count(dropped=count)
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued batch is written or dropped; False if ``timeout`` passed first."""
         deadline = time.monotonic() + timeout
@@ -106,24 +116,31 @@ class CaptureSink:
 
     def _write_forever(self) -> None:
         while True:
-            stamp, answers = self._queue.get()
+            stamp, batch = self._queue.get()
+            records = self._records(batch)
             try:
-                lines = "".join(self._line(stamp, answer) for answer in answers).encode()
-                self._write(lines)
-                self._count(captured=len(answers))
+                self._write("".join(json.dumps({"time": round(stamp, 3), "model": self.model, "version": self.version,
+                                                **record}, separators=(",", ":")) + "\n"
+                                    for record in records).encode())
+                self._count(captured=len(records))
             except (OSError, ValueError, TypeError, KeyError) as error:  # full disk, read-only folder, odd answer
                 self.last_error = f"{type(error).__name__}: {error}"
-                self._count(dropped=len(answers))
+                self._count(dropped=len(records))
                 self._close()
             finally:
                 self._queue.task_done()
 
-    def _line(self, stamp: float, answer: dict[str, Any]) -> str:
-        record = {"time": round(stamp, 3), "model": self.model, "version": self.version,
-                  "class_index": answer["class_index"], "label": answer["label"],
-                  "probabilities": list(answer["probabilities"].values()),
-                  "features": [[w["index"], w["weight"], w["value"]] for w in answer["weights"]]}
-        return json.dumps(record, separators=(",", ":")) + "\n"
+    @staticmethod
+    def _records(batch: list[dict[str, Any]] | dict[str, Any]) -> list[dict[str, Any]]:
+        """The records of one batch: answer dicts, or the arrays of a tensor answer (padding left out)."""
+        if isinstance(batch, list):
+            return [{"class_index": a["class_index"], "label": a["label"], "probabilities": list(a["probabilities"].values()),
+                     "features": [[w["index"], w["weight"], w["value"]] for w in a["weights"]]} for a in batch]
+        columns = [batch[name].tolist() for name in ("class_index", "label", "probabilities", "feature_index",
+                                                      "weight", "value")]
+        return [{"class_index": c, "label": label, "probabilities": p,
+                 "features": [[j, w, v] for j, w, v in zip(index, weight, value) if j >= 0]}
+                for c, label, p, index, weight, value in zip(*columns)]
 
     def _write(self, data: bytes) -> None:
         if self._file is None or self._file_bytes + len(data) > self.settings.max_file_bytes:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ngsll.capture import CaptureSink
 from ngsll.checkpoint import model_from_checkpoint
 from ngsll.errors import ConfigError, NGSLLError
 from ngsll.explain import answers_from_output, class_probabilities, predict_labels, sparse_explanation
@@ -124,6 +125,7 @@ class Service(ABC):
         self.feature_names, self.class_names = list(feature_names), list(class_names)
         self.max_bytes = max_bytes
         self.device = next(model.parameters()).device
+        self.capture: CaptureSink | None = None  # set by a server: every answered batch is offered to it
 
     def decode(self, body: bytes | bytearray | str | dict | list | None) -> DecodedRequest:
         """Turn one request body (bytes, text or already-parsed JSON) into samples; raise :class:`RequestError`."""
@@ -211,6 +213,8 @@ class Service(ABC):
         """:meth:`tensors` for the decoded inputs of several requests in one forward pass, split per request."""
         ends = np.cumsum([len(inputs) for inputs in requests])[:-1]
         arrays = self.tensors(self._join(requests))
+        if self.capture is not None:
+            self.capture.offer_tensors(arrays)
         parts = {name: np.split(array, ends) for name, array in arrays.items()}
         return [{name: part[i] for name, part in parts.items()} for i in range(len(requests))]
 
@@ -222,6 +226,7 @@ class Service(ABC):
         :func:`ngsll.explain.answered_class`), and the explanation sorted by |contribution|:
         ``feature_index`` (n, K) int64, ``feature_name`` (n, K) object, ``weight``, ``value`` and
         ``contribution`` (n, K) float32, padded with -1 / "" / 0 where a sample has fewer than K features.
+        Also ``class_index`` (n,) int64, the predicted class (for capture; not an Open Inference output).
         """
         x, z = self.simplified(inputs)  # (n, ...), (n, d)
         z_t = torch.from_numpy(z).to(self.device)  # (n, d)
@@ -237,11 +242,13 @@ class Service(ABC):
         if args.task == "regression":
             labels = np.asarray([str(v) for v in answered_logit.cpu().tolist()], dtype=object)
             probabilities = torch.zeros(len(z), 0)
+            predicted = np.zeros(len(z), dtype=np.int64)
         else:
-            labels = np.asarray(self.class_names, dtype=object)[predict_labels(output.logits, args.task).cpu().numpy()]
+            predicted = predict_labels(output.logits, args.task).cpu().numpy().astype(np.int64)  # (n,)
+            labels = np.asarray(self.class_names, dtype=object)[predicted]
         padded = {name: np.where(valid, getattr(explanation, field).cpu().numpy(), 0).astype(np.float32)
                   for name, field in (("weight", "weights"), ("value", "values"), ("contribution", "contributions"))}
-        return {"label": labels, "probabilities": probabilities.cpu().numpy().astype(np.float32),
+        return {"label": labels, "class_index": predicted, "probabilities": probabilities.cpu().numpy().astype(np.float32),
                 "logit": answered_logit.cpu().numpy().astype(np.float32), "feature_index": index.astype(np.int64),
                 "feature_name": names[index], **padded}
 
@@ -263,7 +270,10 @@ class Service(ABC):
                 error.accepted = error.accepted or self.accepted
                 decoded.append(error)
         good = [d for d in decoded if isinstance(d, DecodedRequest)]
-        answers = iter(self.answer(self._join([d.inputs for d in good]), explain=any(explain)) if good else [])
+        answered = self.answer(self._join([d.inputs for d in good]), explain=any(explain)) if good else []
+        if self.capture is not None:
+            self.capture.offer(answered)  # one queue put per batch; the sink's thread writes the records
+        answers = iter(answered)
         responses: list[tuple[int, Any]] = []
         for item, wants_explanation in zip(decoded, explain):
             if isinstance(item, RequestError):
