@@ -87,8 +87,10 @@ GRID = ((1, 1, 0), (2, 1, 0), (1, 8, 1), (1, 8, 5), (2, 4, 1), (2, 8, 1), (2, 8,
 
 
 def measure(mar: Path, body: bytes, workers: int, batch_size: int, delay: int, client_counts: list[int],
-            seconds: float, endpoints: tuple[str, ...]) -> list[tuple[str, int, dict[str, float]]]:
-    """Start a TorchServe with one configuration and drive each endpoint with each client count."""
+            seconds: float, endpoints: tuple[str, ...], capture_dir: Path | None = None,
+            ) -> list[tuple[str, int, dict[str, float]]]:
+    """Start a TorchServe with one configuration and drive each endpoint with each client count; with
+    ``capture_dir`` an archive whose model config captures writes its explanations there."""
     name = mar.stem
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -100,7 +102,8 @@ def measure(mar: Path, body: bytes, workers: int, batch_size: int, delay: int, c
             "mar": mar.name, "batch_size": batch_size, "max_batch_delay": delay if batch_size > 1 else 0,
             "workers": workers,
         }})
-        start(root, root / "model-store", config.write(root / "config" / "config.properties"))
+        start(root, root / "model-store", config.write(root / "config" / "config.properties"),
+              env={"NGSLL_CAPTURE_DIR": str(capture_dir)} if capture_dir else None)
         try:
             client = TorchServeClient.from_key_file(
                 key_file(root), inference_url=f"http://127.0.0.1:{ports[0]}",
@@ -158,6 +161,45 @@ def compare(mar: Path, png: bytes, client_counts: list[int], seconds: float, ser
     return rows
 
 
+def capture_cost(mar: Path, png: bytes, client_counts: list[int], seconds: float, serve: dict) -> list[tuple]:
+    """Explanations per second with capture off and on, on both servers (the archive must capture when
+    asked: the package stage's production archive does)."""
+    from ngsll_plugins.kserve_server import start_background, stop_background
+
+    capture = dict(serve["capture"], enabled=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for label, captures in (("off", None), ("on", Path(folder) / "ts-captures")):
+            for _, clients, stats in measure(mar, png, int(serve["workers"]), int(serve["batch_size"]),
+                                             int(serve["max_batch_delay"]), client_counts, seconds, ("explanations",),
+                                             capture_dir=captures):
+                rows.append(("TorchServe", label, clients, stats, _captured(captures)))
+        store = Path(folder) / "model-store"
+        store.mkdir()
+        shutil.copy(mar, store / mar.name)
+        for label in ("off", "on"):
+            (port,) = free_ports(1)
+            run_dir = Path(folder) / f"kserve-{label}"
+            start_background(run_dir, mar.stem, store, "127.0.0.1", port, int(serve["kserve_max_batch_size"]),
+                             capture=capture if label == "on" else None)
+            call = kserve_post(f"http://127.0.0.1:{port}/v1/models/{{name}}:explain")
+            try:
+                drive(call, mar.stem, png, 2, 1.0)  # warm-up
+                for clients in client_counts:
+                    rows.append(("KServe", label, clients, drive(call, mar.stem, png, clients, seconds),
+                                 _captured(run_dir / "captures" if label == "on" else None)))
+            finally:
+                stop_background(run_dir)
+    return rows
+
+
+def _captured(folder: Path | None) -> int | None:
+    """Records in a capture folder so far (None without capture)."""
+    if folder is None:
+        return None
+    return sum(len(path.read_bytes().splitlines()) for path in folder.glob("capture-*.jsonl")) if folder.is_dir() else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mar", type=Path, required=True, help="model archive from the package stage")
@@ -168,11 +210,25 @@ def main() -> None:
     parser.add_argument("--max-batch-delay", type=int, default=5)
     parser.add_argument("--workers", type=int, default=1, help="Python workers of the model")
     parser.add_argument("--compare", action="store_true", help="TorchServe and KServe side by side at 1, 8, 64 clients")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="--compare: its serve section")
+    parser.add_argument("--capture", action="store_true",
+                        help="explanations/s with explanation capture off and on, both servers, 1 and 64 clients")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="--compare/--capture: its serve section")
     parser.add_argument("--grid", action="store_true",
                         help=f"explanations at 1 and 64 clients for each (workers, batch, delay ms) in {GRID}")
     args = parser.parse_args()
     body = args.sample.read_bytes()
+    if args.capture:
+        import yaml
+
+        serve = yaml.safe_load(args.params.read_text())["serve"]
+        rows = capture_cost(args.mar, body, [1, 64], args.seconds, serve)
+        print(f"\n:explain / /explanations, {args.seconds:.0f} s per row, loopback, 2 cores, production configs\n")
+        print("| server | capture | clients | requests | errors | req/s | captured | p50 ms | p99 ms |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for server, label, clients, s, captured in rows:
+            print(f"| {server} | {label} | {clients} | {s['requests']} | {s['errors']} | {s['throughput']:.0f} | "
+                  f"{'-' if captured is None else captured} | {s['p50']:.1f} | {s['p99']:.1f} |")
+        return
     if args.compare:
         import yaml
 

@@ -304,3 +304,19 @@ def test_the_load_benchmark_drives_both_servers_on_one_archive(tmp_path: Path) -
         ("TorchServe", "native", "predictions"), ("TorchServe", "native", "explanations"),
         ("KServe", "v1", ":predict"), ("KServe", "v1", ":explain"), ("KServe", "v2", "/infer")]
     assert all(stats["requests"] > 0 and stats["errors"] == 0 for *_, stats in rows), rows
+
+
+def test_the_capture_benchmark_measures_both_servers_with_capture_off_and_on(tmp_path: Path) -> None:
+    from test_benchmarks import load_benchmark
+
+    checkpoint, features = write_model(tmp_path / "model")
+    mar = build_archive(checkpoint, features, tmp_path / "store", "ngsll-bench", torch_threads=1,
+                        capture={"enabled": True})
+    serve = {"workers": 1, "batch_size": 4, "max_batch_delay": 1, "kserve_max_batch_size": 4,
+             "capture": {"enabled": True, "max_file_mb": 1, "max_total_mb": 4}}
+    rows = load_benchmark("load_serving").capture_cost(mar, png_bytes(digit()), [2], 0.5, serve)
+    assert [(server, label) for server, label, *_ in rows] == [
+        ("TorchServe", "off"), ("TorchServe", "on"), ("KServe", "off"), ("KServe", "on")]
+    assert all(stats["errors"] == 0 and stats["requests"] > 0 for _, _, _, stats, _ in rows)
+    assert [captured is None for *_, captured in rows] == [True, False, True, False]
+    assert all(captured > 0 for *_, captured in rows if captured is not None)

@@ -141,3 +141,22 @@ def test_ndcg_and_js_by_hand() -> None:
     assert ndcg(relevance, np.array([1.0, 2.0, 3.0, 0.0]), 3) == pytest.approx(expected)
     assert js_divergence(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
     assert js_divergence(np.array([1.0, 1.0]), np.array([2.0, 2.0])) == pytest.approx(0.0)
+
+
+def test_a_service_with_a_sink_captures_v1_and_tensor_answers_alike(service: ImageService, tmp_path: Path) -> None:
+    images = digits(6)
+    service.capture = CaptureSink(CaptureSettings(tmp_path), "ngsll", "2")
+    try:
+        service.respond([json.dumps({"image": image.tolist()}) for image in images[:3]] + [b"not an image"])
+        service.respond_tensors([images[3:]])
+        assert service.capture.flush()
+    finally:
+        service.capture = None
+    records = [json.loads(line) for path in sorted(tmp_path.glob("capture-*.jsonl")) for line in path.read_text().splitlines()]
+    assert len(records) == 6  # the bad request is not an answer
+    expected = service.answer(images)
+    for record, answer in zip(records, expected):
+        assert record["class_index"] == answer["class_index"] and record["label"] == answer["label"]
+        assert [f[0] for f in record["features"]] == [w["index"] for w in answer["weights"]]
+        assert record["features"][0][1] == pytest.approx(answer["weights"][0]["weight"], abs=1e-6)
+        assert record["version"] == "2"

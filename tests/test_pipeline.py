@@ -452,6 +452,16 @@ def test_the_rgb_archive_served_by_torchserve_answers_a_png_with_three_classes(p
     finally:
         subprocess.run([*command, "stop", str(serve_dir)], cwd=pipeline_repo, env=environment(pipeline_repo),
                        capture_output=True, timeout=120)
+    # the production config captured both answers; `monitor` reads them against the explain stage's reference
+    reference = json.loads((pipeline_repo / "reports/shapes/explain/reference_profile.json").read_text())
+    assert reference["model"] == "ngsll-shapes" and reference["samples"] > 0
+    assert set(reference["class_shares"]) == {"blue", "green", "red"}
+    monitored = subprocess.run([sys.executable, "-m", "ngsll_plugins.monitor", "--dataset", "shapes"], cwd=pipeline_repo,
+                               env=environment(pipeline_repo), capture_output=True, text=True, timeout=240)
+    assert monitored.returncode == 0, monitored.stderr[-3000:]  # two explanations: too few to judge, nothing flagged
+    assert "too few explanations" in monitored.stdout
+    drift = json.loads((pipeline_repo / "reports/shapes/monitor/drift.json").read_text())
+    assert drift["samples"] == 2 and drift["scan"]["bad_lines"] == 0 and drift["mlflow_run_id"]
 
 
 def test_every_packaged_dataset_is_served_by_kserve_v1_and_v2_alike(pipeline_repo: Path) -> None:

@@ -11,11 +11,13 @@ one line per answer::
 in the configured folder, rotated at ``max_file_bytes``; the oldest are deleted while the folder holds more
 than ``max_total_bytes``. A full queue, a full disk or a read-only folder never delays or fails a request:
 the answers are dropped and counted (:attr:`CaptureSink.dropped`); :attr:`CaptureSink.captured` counts
-the written ones.
+the written ones. A process that exits normally first writes what is queued (for up to 5 s); one that is
+killed loses its queue (at most ``max_pending_batches`` batches).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
@@ -82,6 +84,7 @@ class CaptureSink:
         self._files_opened = 0
         self._thread = threading.Thread(target=self._write_forever, name="ngsll-capture", daemon=True)
         self._thread.start()
+        atexit.register(self.flush, 5.0)  # a server that exits normally writes what it answered
 
     def offer(self, answers: list[dict[str, Any]]) -> None:
         """Queue one answered batch (the service's answer dicts); never blocks, never raises."""
