@@ -671,3 +671,12 @@ def test_a_stopped_training_stage_ends_its_runs_as_killed_and_leaves_no_partial_
     run(["dvc", "repro"], pipeline_repo)  # the one command that resumes
     assert (pipeline_repo / "models/mnist/dnn.pt").exists()
     assert ran_stages(run(["dvc", "repro"], pipeline_repo).stdout) == {"source@mnist", "source@tiny", "source@shapes"}
+
+
+def test_the_monitor_throughput_benchmark_runs_on_the_packaged_models(pipeline_repo: Path) -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks/monitor_throughput.py"), "--datasets", "shapes",
+                             "tiny", "--records", "60"], cwd=pipeline_repo, env=environment(pipeline_repo),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| shapes") or line.startswith("| tiny")]
+    assert len(rows) == 2 and all("| 60 |" in row for row in rows), result.stdout
