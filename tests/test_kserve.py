@@ -315,7 +315,7 @@ def test_the_capture_benchmark_measures_both_servers_with_capture_off_and_on(tmp
     serve = {"workers": 1, "batch_size": 4, "max_batch_delay": 1, "kserve_max_batch_size": 4,
              "capture": {"enabled": True, "max_file_mb": 1, "max_total_mb": 4}}
     rows = load_benchmark("load_serving").capture_cost(mar, png_bytes(digit()), [2], 0.5, serve)
-    assert [(server, label) for server, label, *_ in rows] == [
+    assert [(name, label) for name, label, *_ in rows] == [
         ("TorchServe", "off"), ("TorchServe", "on"), ("KServe", "off"), ("KServe", "on")]
     assert all(stats["errors"] == 0 and stats["requests"] > 0 for _, _, _, stats, _ in rows)
     assert [captured is None for *_, captured in rows] == [True, False, True, False]

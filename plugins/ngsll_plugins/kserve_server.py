@@ -50,7 +50,6 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi.responses import JSONResponse
 
 import kserve
