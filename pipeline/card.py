@@ -122,6 +122,8 @@ def context_for(dataset: DatasetSettings, params: dict, args: argparse.Namespace
              "one at a time": {key: timing[str(key)]["ms_per_sample_single"] for key in ks}},
             ks, title=f"ms per sample, {evaluation['device']}")},
         "serve": serve,
+        "monitor": {**params.get("monitor", {}),
+                    "reference_samples": read_json(args.explain_dir / "reference_profile.json")["samples"]},
     }
 
 
