@@ -42,7 +42,7 @@ def capture_split(dataset: str, folder: Path, records: int, batch: int = 256) ->
     written = 0
     while written < records:
         for start in range(0, len(inputs), batch):
-            chunk = inputs[start:start + batch]
+            chunk = inputs[start:start + min(batch, records - written)]
             sink.offer(service.answer(chunk))
             written += len(chunk)
             if written >= records:

@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "drift.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "drift.html").write_text(drift_html(report, reference, live, scan, f"{reference.model or args.dataset}: "
                                                                                    "explanation drift"))
-    if not args.no_mlflow:
+    if not args.no_mlflow:  # the logged drift.json cannot name its own run; the local one does
         summary["mlflow_run_id"] = log_to_mlflow(args.dataset, summary, out_dir)
+        (out_dir / "drift.json").write_text(json.dumps(summary, indent=2) + "\n")
     flagged = ", ".join(name for name, raised in report.flags.items() if raised)
     verdict = (f"DRIFT ({flagged})" if report.drifted else "no drift" if report.enough_samples
                else f"too few explanations to judge ({report.samples} < {settings['min_samples']})")
