@@ -16,8 +16,11 @@ gets the same JSON from either server.
   ``/v2/models/<name>/ready`` answer. The explanation schema: ``docs/explanations.md``.
 
 Requests are batched greedily: while the model runs a batch, the requests that arrive wait and go together
-into the next forward pass (at most ``max_batch_size`` samples' requests), so a lone client never waits a
-batching delay. The model runs on one thread beside the event loop, which keeps accepting requests.
+into the next forward pass (at most ``max_batch_size`` requests), so a lone client never waits for a
+batching delay. The model runs on one thread beside the event loop, which keeps accepting requests. A body
+over 16 MiB is drained unread and answered 413. With a capture folder (``--capture-dir``; ``start`` uses
+``SERVE_DIR/run-kserve/captures`` when the package's ``config/capture.json`` turns capture on) every
+answered explanation is written by :mod:`ngsll.capture`, counted on ``/metrics``.
 
 Command line (``make serve SERVER=kserve``, ``make serve-stop SERVER=kserve``)::
 
