@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from ngsll import ModelArgs, build_model
+
+# mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID, and tests point MLFLOW_TRACKING_URI at their own stores
+MLFLOW_ENVIRONMENT = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_environment_leaks():
+    """Restore the MLflow environment variables after every test, so that no test's experiment or store
+    reaches another test's subprocesses (``mlflow run --experiment-name`` refuses an inherited experiment id)."""
+    saved = {name: os.environ.get(name) for name in MLFLOW_ENVIRONMENT}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def tiny_args(**overrides) -> ModelArgs:
