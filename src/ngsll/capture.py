@@ -88,20 +88,17 @@ class CaptureSink:
 
     def offer(self, answers: list[dict[str, Any]]) -> None:
         """Queue one answered batch (the service's answer dicts); never blocks, never raises."""
-        if not answers:
-            return
-        try:
-            self._queue.put_nowait((time.time(), answers))
-        except queue.Full:
-            self._count(dropped=len(answers))
+        self._enqueue(answers, len(answers))
 
     def offer_tensors(self, arrays: dict[str, Any]) -> None:
         """Queue one batch answered as arrays (:meth:`ngsll.serving.Service.tensors`); never blocks or raises."""
-        count = len(arrays.get("label", ()))
+        self._enqueue(arrays, len(arrays.get("label", ())))
+
+    def _enqueue(self, batch: list[dict[str, Any]] | dict[str, Any], count: int) -> None:
         if not count:
             return
         try:
-            self._queue.put_nowait((time.time(), arrays))
+            self._queue.put_nowait((time.time(), batch))
         except queue.Full:
             self._count(dropped=count)
 

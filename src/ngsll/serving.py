@@ -228,10 +228,7 @@ class Service(ABC):
         ``contribution`` (n, K) float32, padded with -1 / "" / 0 where a sample has fewer than K features.
         Also ``class_index`` (n,) int64, the predicted class (for capture; not an Open Inference output).
         """
-        x, z = self.simplified(inputs)  # (n, ...), (n, d)
-        z_t = torch.from_numpy(z).to(self.device)  # (n, d)
-        with torch.inference_mode():
-            output = self.model(self._on_device(torch.from_numpy(x)), z_t)
+        output, z_t = self._run(*self.simplified(inputs))
         args = self.model.args
         explanation = sparse_explanation(output, z_t, args.k, args.task)  # (n, K) fields
         valid = explanation.valid.cpu().numpy()  # (n, K)
@@ -292,12 +289,16 @@ class Service(ABC):
         """The model input on the service's device, in the memory layout the model runs fastest in."""
         return x.to(self.device)
 
-    def _forward(self, x: np.ndarray, z: np.ndarray, explain: bool) -> tuple[list[dict[str, Any]], np.ndarray | None]:
-        """Answers for one batch and, with ``explain``, (n, d) the answered class's gated weights (else None)."""
+    def _run(self, x: np.ndarray, z: np.ndarray):
+        """One evaluation-mode forward pass of (n, ...) inputs x and (n, d) z; the output and z on the device."""
         x_t = self._on_device(torch.from_numpy(x))  # (n, ...) images or token ids
         z_t = torch.from_numpy(z).to(self.device)  # (n, d)
         with torch.inference_mode():
-            output = self.model(x_t, z_t)
+            return self.model(x_t, z_t), z_t
+
+    def _forward(self, x: np.ndarray, z: np.ndarray, explain: bool) -> tuple[list[dict[str, Any]], np.ndarray | None]:
+        """Answers for one batch and, with ``explain``, (n, d) the answered class's gated weights (else None)."""
+        output, z_t = self._run(x, z)
         args = self.model.args
         answers = answers_from_output(output, z_t, args.k, args.task, self.feature_names, self.class_names)
         if not explain:
