@@ -307,3 +307,13 @@ def test_tensor_inputs_as_floats_bytes_or_png_files_and_named_400s(service: Imag
         with pytest.raises(RequestError, match=re.escape(message)) as raised:
             service.decode_tensor(datatype, list(values.shape), values)
         assert "image FP32 [-1, 28, 28]" in raised.value.accepted
+
+
+def test_regression_tensors_answer_the_value_without_probabilities() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_args(num_features=49, image_size=28, k=5, task="regression", num_classes=1))
+    regression = ImageService(model, cell_names(7), ["value"])
+    arrays = regression.tensors(np.stack([digit(0), digit(1)]))
+    assert arrays["probabilities"].shape == (2, 0) and list(arrays["class_index"]) == [0, 0]
+    assert [float(label) for label in arrays["label"]] == pytest.approx(list(arrays["logit"]), abs=1e-5)
+    assert np.allclose(arrays["contribution"].sum(axis=1), arrays["logit"], atol=1e-5)

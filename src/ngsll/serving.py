@@ -238,8 +238,8 @@ class Service(ABC):
         probabilities = class_probabilities(output.logits, args.task)  # (n, C) or None
         if args.task == "regression":
             labels = np.asarray([str(v) for v in answered_logit.cpu().tolist()], dtype=object)
-            probabilities = torch.zeros(len(z), 0)
-            predicted = np.zeros(len(z), dtype=np.int64)
+            probabilities = torch.zeros(len(z_t), 0)
+            predicted = np.zeros(len(z_t), dtype=np.int64)
         else:
             predicted = predict_labels(output.logits, args.task).cpu().numpy().astype(np.int64)  # (n,)
             labels = np.asarray(self.class_names, dtype=object)[predicted]
