@@ -25,7 +25,7 @@ def section(params: dict[str, Any], *keys: str) -> Any:
     return value
 
 
-KINDS = ("image", "text")
+KINDS = ("image", "text", "table")
 SECTIONS = ("data", "validate", "model", "train", "serve")
 
 
@@ -41,7 +41,7 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[st
 class DatasetSettings:
     """One dataset's settings: ``defaults.<kind>`` of params.yaml with ``datasets.<name>`` laid over it.
 
-    Every dataset names its ``kind`` (``image`` or ``text``) and holds the kind's five sections, each
+    Every dataset names its ``kind`` (``image``, ``text`` or ``table``) and holds the kind's five sections, each
     laid over the default (``{}``: every default): ``data`` (source, task, classes, simplified
     representation), ``validate`` (gate thresholds), ``model``, ``train`` and ``serve`` (over the top-level
     ``serve`` ports and batching). Tracking follows the name: MLflow experiment ``<name>``, registered
@@ -50,7 +50,7 @@ class DatasetSettings:
     """
 
     name: str
-    kind: str  # "image" or "text"
+    kind: str  # "image", "text" or "table"
     data: dict[str, Any]
     validate: dict[str, Any]
     model: dict[str, Any]
@@ -113,8 +113,8 @@ def model_args(
     """ModelArgs of a dataset's models, sized by its prepared ``features.json``.
 
     ``features`` holds ``feature_names`` and ``class_names`` (binary for two classes, multi-class
-    otherwise), plus ``image`` (``height``, ``width``, ``channels``) for images or
-    ``sequence_vocabulary_size`` for text.
+    otherwise), plus ``image`` (``height``, ``width``, ``channels``) for images,
+    ``sequence_vocabulary_size`` for text, or ``table`` (``numeric_inputs``, ``category_sizes``) for tables.
     """
     model, coarse = settings.model, settings.train["coarse"]
     num_classes = len(features["class_names"])
@@ -129,6 +129,11 @@ def model_args(
         image = features["image"]
         return ModelArgs(image_size=int(image["height"]), image_width=int(image["width"]),
                          in_channels=int(image["channels"]), conv_channels=list(model["conv_channels"]), **common)
+    if settings.kind == "table":
+        table = features["table"]
+        return ModelArgs(input_kind="table", numeric_inputs=int(table["numeric_inputs"]),
+                         category_sizes=[int(size) for size in table["category_sizes"]],
+                         embedding_dim=int(model["embedding_dim"]), dropout=float(model["dropout"]), **common)
     return ModelArgs(
         input_kind="text", vocab_size=int(features["sequence_vocabulary_size"]),
         embedding_dim=int(model["embedding_dim"]), filter_widths=[int(w) for w in model["filter_widths"]],

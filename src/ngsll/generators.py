@@ -6,6 +6,9 @@
   convolution per filter width (3/4/5, 100 maps each), ReLU, max-over-time pooling, dropout, then the same
   L fully connected layers.
 
+* Tables: each categorical code embedded (one table of vectors per column), concatenated with the row's
+  numbers, dropout, then the same L fully connected layers.
+
 The DNN baseline uses the same network with a different output size. :func:`build_generator` picks the
 network a model's arguments describe.
 """
@@ -159,8 +162,48 @@ class SentenceCNNGenerator(nn.Module):
         return self.head(self.dropout(torch.cat(pooled, dim=-1)))  # (B, out_features)
 
 
-def build_generator(args: Any, out_features: int) -> ImageWeightGenerator | SentenceCNNGenerator:
+class TableWeightGenerator(nn.Module):
+    """Embedded categories and numbers into an MLP head: (B, numeric_inputs + categorical) -> (B, out_features).
+
+    Args:
+        numeric_inputs: leading columns of x taken as numbers.
+        category_sizes: codes of each following categorical column (code 0: missing or unknown); all columns'
+            codes share one embedding table, each column at its own offset.
+        embedding_dim: vector size per category.
+        dropout: dropout rate on the concatenated row.
+        hidden_layers / hidden_units / out_features: as in :class:`ImageWeightGenerator`.
+    """
+
+    def __init__(self, numeric_inputs: int, category_sizes: Sequence[int], embedding_dim: int, dropout: float,
+                 hidden_layers: int, hidden_units: int, out_features: int) -> None:
+        super().__init__()
+        if embedding_dim < 1 or not 0 <= dropout < 1:
+            raise ConfigError(f"embedding_dim must be >= 1 and dropout in [0, 1), got {embedding_dim}, {dropout}")
+        self.numeric_inputs = numeric_inputs
+        offsets = torch.tensor([0, *list(category_sizes)[:-1]], dtype=torch.long).cumsum(0)[: len(category_sizes)]
+        self.register_buffer("offsets", offsets, persistent=False)  # (categorical,)
+        self.embedding = nn.Embedding(max(1, sum(category_sizes)), embedding_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = mlp_head(numeric_inputs + embedding_dim * len(category_sizes), hidden_layers, hidden_units,
+                             out_features)
+
+    @classmethod
+    def for_model(cls, args: Any, out_features: int) -> TableWeightGenerator:
+        """The generator described by a table model's :class:`ngsll.model.ModelArgs`."""
+        return cls(args.numeric_inputs, args.category_sizes, args.embedding_dim, args.dropout, args.hidden_layers,
+                   args.hidden_units, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        numbers = x[:, : self.numeric_inputs]  # (B, numeric_inputs)
+        codes = x[:, self.numeric_inputs:].long() + self.offsets  # (B, categorical) rows of the shared table
+        embedded = self.embedding(codes).flatten(1)  # (B, categorical * E)
+        return self.head(self.dropout(torch.cat([numbers, embedded], dim=1)))  # (B, out_features)
+
+
+def build_generator(args: Any, out_features: int) -> ImageWeightGenerator | SentenceCNNGenerator | TableWeightGenerator:
     """The generator a model's :class:`ngsll.model.ModelArgs` describe, with ``out_features`` outputs."""
+    if args.input_kind == "table":
+        return TableWeightGenerator.for_model(args, out_features)
     if args.input_kind == "text":
         return SentenceCNNGenerator.for_model(args, out_features)
     return ImageWeightGenerator.for_model(args, out_features)

@@ -25,7 +25,7 @@ from ngsll.generators import build_generator
 
 TASKS = ("binary", "multiclass", "regression")
 MODEL_KINDS = ("ngsll", "dnn")
-INPUT_KINDS = ("image", "text")
+INPUT_KINDS = ("image", "text", "table")
 
 
 @dataclass
@@ -34,7 +34,8 @@ class ModelArgs:
 
     Defaults follow the paper's MNIST setting; ``input_kind="text"`` switches the WGN to the sentence CNN
     (``vocab_size`` token ids, ``embedding_dim``, ``filter_widths`` x ``filter_maps``, ``dropout``), and the
-    image fields are then unused.
+    image fields are then unused; ``input_kind="table"`` to an MLP over a row's ``numeric_inputs`` numbers
+    and its categorical codes (``category_sizes``), each embedded in ``embedding_dim`` dimensions.
     """
 
     kind: str = "ngsll"  # "ngsll" or "dnn" (the non-interpretable baseline)
@@ -56,7 +57,9 @@ class ModelArgs:
     embedding_dim: int = 300  # text: word vector size
     filter_widths: list[int] = field(default_factory=lambda: [3, 4, 5])  # text: convolution widths
     filter_maps: int = 100  # text: feature maps per width
-    dropout: float = 0.5  # text: dropout on the pooled sentence features
+    dropout: float = 0.5  # text: dropout on the pooled sentence features; table: on the embedded row
+    numeric_inputs: int = 0  # table: leading x columns that are numbers (standardised values, missing flags)
+    category_sizes: list[int] = field(default_factory=list)  # table: codes per categorical column (0: missing)
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -75,6 +78,10 @@ class ModelArgs:
             raise ConfigError(f"input_kind must be one of {INPUT_KINDS}, got {self.input_kind!r}")
         if self.input_kind == "text" and self.vocab_size < 3:
             raise ConfigError(f"text models need vocab_size >= 3 (padding, unknown, words), got {self.vocab_size}")
+        if self.input_kind == "table" and (self.numeric_inputs < 0 or any(size < 2 for size in self.category_sizes)
+                                           or self.numeric_inputs + len(self.category_sizes) < 1):
+            raise ConfigError(f"table models need numeric_inputs >= 0 and category sizes >= 2 (code 0 and at least "
+                              f"one category), at least one column; got {self.numeric_inputs}, {self.category_sizes}")
         validate_k(self.k, self.num_features)
         validate_tau(self.tau)
 
@@ -82,6 +89,11 @@ class ModelArgs:
     def image_shape(self) -> tuple[int, int, int]:
         """(C_in, H, W) of an image model's original input x."""
         return self.in_channels, self.image_size, self.image_width or self.image_size
+
+    @property
+    def table_width(self) -> int:
+        """Columns of a table model's x: the numbers, then one code per categorical column."""
+        return self.numeric_inputs + len(self.category_sizes)
 
     @property
     def num_outputs(self) -> int:
@@ -117,8 +129,11 @@ class NGSLLOutput(NamedTuple):
 
 def check_inputs(x: torch.Tensor, z: torch.Tensor, args: ModelArgs) -> None:
     """Raise :class:`InputError` unless ``z`` is finite (B, d) and ``x`` is (B, C_in, H, W) finite pixels
-    (images) or (B, T) integer token ids in [0, vocab_size) (text)."""
-    if args.input_kind == "text":
+    (images), (B, T) integer token ids in [0, vocab_size) (text) or (B, numbers + categorical) finite values
+    whose categorical part holds integer codes below each column's size (tables)."""
+    if args.input_kind == "table":
+        check_table_inputs(x, args)
+    elif args.input_kind == "text":
         if x.dim() != 2 or x.shape[1] < 1 or x.dtype not in (torch.int64, torch.int32):
             raise InputError(f"x must be (B, T) integer token ids with T >= 1, got {tuple(x.shape)} {x.dtype}")
         if x.numel() and (x.min() < 0 or x.max() >= args.vocab_size):
@@ -135,6 +150,20 @@ def check_inputs(x: torch.Tensor, z: torch.Tensor, args: ModelArgs) -> None:
         raise InputError(f"x and z must hold the same number of samples, got {x.shape[0]} and {z.shape[0]}")
     if not torch.isfinite(z).all():
         raise InputError("z contains NaN or infinite values; the simplified input must be finite")
+
+
+def check_table_inputs(x: torch.Tensor, args: ModelArgs) -> None:
+    """Raise :class:`InputError` unless ``x`` is (B, numeric_inputs + categorical) finite floats with codes
+    in [0, size) of each categorical column."""
+    if x.dim() != 2 or x.shape[1] != args.table_width or not x.is_floating_point():
+        raise InputError(f"x must be (B, {args.table_width}) floats (numbers, then category codes), "
+                         f"got {tuple(x.shape)} {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise InputError("x contains NaN or infinite values; missing values are imputed before x is built")
+    codes = x[:, args.numeric_inputs:]  # (B, categorical)
+    sizes = torch.as_tensor(args.category_sizes, dtype=x.dtype, device=x.device)  # (categorical,)
+    if codes.numel() and ((codes != codes.round()).any() or (codes < 0).any() or (codes >= sizes).any()):
+        raise InputError(f"the category codes of x must be integers in [0, size) for sizes {args.category_sizes}")
 
 
 class NGSLL(nn.Module):
@@ -166,7 +195,8 @@ class NGSLL(nn.Module):
         """Predict and explain.
 
         Args:
-            x: (B, C_in, H, W) original images scaled to [0, 1], or (B, T) token ids for text.
+            x: (B, C_in, H, W) original images scaled to [0, 1], (B, T) token ids for text, or (B, numbers +
+                categorical) rows for tables.
             z: (B, d) simplified inputs.
             mask: optional (B, d) bool; defaults to :meth:`feature_mask`.
         """

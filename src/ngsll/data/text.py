@@ -218,11 +218,20 @@ def read_corpus(
 def split_indices(
     corpus: TextCorpus, seed: int, validation_fraction: float = 0.1, test_fraction: float = 0.1
 ) -> dict[str, np.ndarray]:
-    """Seeded, stratified train/validation/test indices.
+    """Seeded, stratified train/validation/test indices of a corpus (see :func:`stratified_splits`)."""
+    return stratified_splits(corpus.labels, corpus.official_split, seed, validation_fraction, test_fraction)
 
-    With an official split, its test rows are the test split and the validation split is drawn from its
-    training rows (``validation_fraction`` of them, stratified); otherwise all three are drawn, stratified
-    by class. Different seeds give different validation (and, without an official split, test) sets.
+
+def stratified_splits(
+    labels: np.ndarray, official_split: np.ndarray | None, seed: int, validation_fraction: float = 0.1,
+    test_fraction: float = 0.1, what: str = "sentences",
+) -> dict[str, np.ndarray]:
+    """Seeded, stratified train/validation/test indices of N rows with (N,) ``labels``.
+
+    With an official split ((N,) ``"train"``/``"test"``), its test rows are the test split and the validation
+    split is drawn from its training rows (``validation_fraction`` of them, stratified); otherwise all three
+    are drawn, stratified by class. Different seeds give different validation (and, without an official
+    split, test) sets.
     """
     if not (0 < validation_fraction < 1 and 0 <= test_fraction < 1 and validation_fraction + test_fraction < 1):
         raise TextDataError(
@@ -230,18 +239,18 @@ def split_indices(
             "(0, 1) and sum to less than 1"
         )
     rng = np.random.default_rng(seed)
-    everything = np.arange(len(corpus))
-    if corpus.official_split is not None:
-        test = everything[corpus.official_split == "test"]
-        pool = everything[corpus.official_split == "train"]
+    everything = np.arange(len(labels))
+    if official_split is not None:
+        test = everything[official_split == "test"]
+        pool = everything[official_split == "train"]
         fractions = {"validation": validation_fraction}
     else:
         test, pool = np.array([], dtype=np.int64), everything
         fractions = {"test": test_fraction, "validation": validation_fraction}
     drawn: dict[str, list[np.ndarray]] = {name: [] for name in fractions}
     train: list[np.ndarray] = []
-    for label in np.unique(corpus.labels[pool]):
-        members = rng.permutation(pool[corpus.labels[pool] == label])
+    for label in np.unique(labels[pool]):
+        members = rng.permutation(pool[labels[pool] == label])
         start = 0
         for name, fraction in fractions.items():
             count = int(round(fraction * len(members)))
@@ -253,5 +262,5 @@ def split_indices(
     splits["test"] = np.sort(np.concatenate(drawn["test"])) if "test" in drawn else test
     for name, indices in splits.items():
         if len(indices) == 0:
-            raise TextDataError(f"the {name} split is empty ({len(corpus)} sentences); provide more data")
+            raise TextDataError(f"the {name} split is empty ({len(labels)} {what}); provide more data")
     return splits
