@@ -3,7 +3,8 @@
 Image models: ``predict`` takes N images in [0, 1] at the model's size: (N, H, W) grayscale (or (N, H*W)),
 (N, H, W, 3) RGB. Text models (logged with an
 ``encoder`` artifact): ``predict`` takes N sentences, a DataFrame with a ``text`` column (the logged
-signature; the unwrapped model also takes a list of strings). Either way it returns one row per sample with
+signature; the unwrapped model also takes a list of strings). Table models: a DataFrame of the input
+columns, one row per record (or a list of record dicts). Either way it returns one row per sample with
 ``label, class_index, probability, logit, k, weights`` where ``logit`` is the answered class's logit and
 ``weights`` is the JSON list of ``{feature, index, weight, value, contribution}`` sorted by |contribution|
 (``feature`` a ``r3c4`` cell or a word); the contributions add up to ``logit``.
@@ -18,7 +19,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from ngsll.serving import RequestError, TextService, load_service
+from ngsll.errors import NGSLLError
+from ngsll.serving import RequestError, TableService, TextService, load_service
 
 
 class NGSLLPyfunc(mlflow.pyfunc.PythonModel):
@@ -30,7 +32,9 @@ class NGSLLPyfunc(mlflow.pyfunc.PythonModel):
         self.service = load_service(artifacts["checkpoint"], artifacts["features"], artifacts.get("encoder"))
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
-        if isinstance(self.service, TextService):
+        if isinstance(self.service, TableService):
+            answers = self.service.answer(as_records(self.service, model_input))
+        elif isinstance(self.service, TextService):
             answers = self.service.answer(as_sentences(model_input))
         else:
             answers = self.service.answer(self.service.pixels_from_array(model_input))  # (N, C, H, W) in
@@ -53,3 +57,19 @@ def as_sentences(model_input: Any) -> list[str]:
     if not all(isinstance(text, str) and text.strip() for text in sentences):
         raise RequestError("text models take non-empty sentences: a list of strings or a DataFrame with a text column")
     return sentences
+
+
+def as_records(service: TableService, model_input: Any) -> list[dict[str, Any]]:
+    """Checked records from a DataFrame (one row each; missing cells as NaN) or a list of dicts; a bad record
+    raises :class:`RequestError` naming its row and column."""
+    if isinstance(model_input, pd.DataFrame):
+        model_input = model_input.astype(object).where(model_input.notna(), None).to_dict("records")
+    if isinstance(model_input, dict):
+        model_input = [model_input]
+    records = []
+    for row, record in enumerate(model_input):
+        try:
+            records.append(service.encoder.check_record(record))
+        except NGSLLError as error:
+            raise RequestError(f"row {row}: {error}") from error
+    return records

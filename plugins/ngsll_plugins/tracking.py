@@ -202,13 +202,15 @@ def set_champion(name: str, version: str) -> None:
 
 
 def log_pyfunc_model(
-    checkpoint_path: Path, features_path: Path, registered_name: str | None, example: np.ndarray | list[str],
+    checkpoint_path: Path, features_path: Path, registered_name: str | None,
+    example: np.ndarray | list[str] | pd.DataFrame,
     encoder_path: Path | None = None,
 ) -> Any:
     """Log the checkpoint as an NGSLL pyfunc model in the active run and register it.
 
     ``example``: two images (N, 28, 28) or, for a text model (``encoder_path`` = the prepared data's
-    ``encoder.json``), a list of sentences; it becomes the input example and the signature.
+    ``encoder.json``), a list of sentences, or for a table model a DataFrame of two records; it becomes the
+    input example and the signature.
     """
     import ngsll
     import ngsll_plugins
@@ -220,7 +222,7 @@ def log_pyfunc_model(
         artifacts["encoder"] = str(encoder_path)
     model = NGSLLPyfunc()
     model.load_context(type("Context", (), {"artifacts": artifacts}))
-    if not isinstance(example, np.ndarray):
+    if not isinstance(example, (np.ndarray, pd.DataFrame)):
         example = pd.DataFrame({"text": list(example)})
     signature = infer_signature(example, model.predict(None, example))
     service = model.service

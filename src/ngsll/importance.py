@@ -45,7 +45,8 @@ class GradientView:
     class_gradient: (C_out, d) the mean d(logit)/dz of each output over the samples that answered it (binary:
     one row, the logit, over all samples). For images, the chain rule makes d(logit)/dz of a cell the sum of
     the pixel gradients in it (every pixel of a cell moves with its mean); for text, the gradient x input of
-    each token's embedding, summed over the tokens that are the feature's word. mean_gradient: (d,) the
+    each token's embedding, summed over the tokens that are the feature's word; for tables, see
+    :func:`table_gradient_view`. mean_gradient: (d,) the
     logit's row for binary models, the mean |row| over classes otherwise (a ranking). surrogate_agreement:
     how often the linear surrogate (sign of z^T g, or argmax_c z^T g_c) agrees with the DNN's decision.
     """
@@ -133,6 +134,46 @@ def text_gradient_view(model: DNNClassifier, data: TensorData, token_features: n
         pooled = torch.zeros(len(tokens), num_features + 1, device=tokens.device)  # last column: not a feature
         pooled.scatter_add_(1, torch.where(kept, features, num_features), torch.where(kept, saliency, 0.0))
         return pooled[:, :num_features], column
+
+    with torch.enable_grad():
+        return _gradient_view(model, data, batch_size, per_sample)
+
+
+def table_gradient_view(model: DNNClassifier, data: TensorData, category_features: np.ndarray,
+                        batch_size: int = 512) -> GradientView:
+    """Average gradient x input of a table DNN's answered logit, per feature of z.
+
+    The leading numbers of x are z's leading features themselves (standardised values, missing flags): their
+    gradient is d(logit)/dz. A categorical column's saliency is its embedding times the logit's gradient with
+    respect to it, given to the one-hot feature of the row's category. ``category_features``: (codes,) the z
+    index of each offset code (-1 for code 0, missing or unknown; see ``TableEncoder.category_features``).
+    """
+    lookup = torch.as_tensor(category_features, dtype=torch.long, device=data.y.device)  # (codes,)
+    numeric, num_features = model.args.numeric_inputs, model.args.num_features
+    generator = model.generator
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(module, inputs, output):  # the embedded categories, kept in the graph to take their gradient
+        captured["embedded"] = output
+
+    def per_sample(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.clone().requires_grad_(True)
+        handle = generator.embedding.register_forward_hook(keep)
+        try:
+            answered, column = _answered_logits(model(x), model.args.task)  # (B,), (B,)
+        finally:
+            handle.remove()
+        embedded = captured.pop("embedded")  # (B, categorical, E)
+        gradient_x, gradient_e = torch.autograd.grad(answered.sum(), [x, embedded], allow_unused=True)
+        pooled = torch.zeros(len(x), num_features + 1, device=x.device)  # last column: not a feature
+        if numeric:
+            pooled[:, :numeric] = gradient_x[:, :numeric]
+        if embedded.shape[1]:
+            saliency = (gradient_e * embedded).sum(dim=-1)  # (B, categorical)
+            features = lookup[x[:, numeric:].long() + generator.offsets]  # (B, categorical) z index or -1
+            target = torch.where(features >= 0, features, num_features)
+            pooled.scatter_add_(1, target, saliency)
+        return pooled[:, :num_features].detach(), column
 
     with torch.enable_grad():
         return _gradient_view(model, data, batch_size, per_sample)

@@ -22,6 +22,14 @@ Accepted request bodies for text models (:class:`TextService`):
     * the KServe v1 envelope ``{"instances": [...]}`` of ``{"text": ...}`` objects or bare strings.
     A sentence without any non-space character is a bad request; a sentence whose words are all
     stopwords or unknown is answered from zero evidence with an empty weight list.
+
+Accepted request bodies for table models (:class:`TableService`):
+    * a JSON record ``{"age": 35, "housing": "own", ...}`` holding every input column and no other (the
+      label column may be sent; it is ignored), numbers as JSON numbers, categories as strings, ``null``
+      for a missing value where the dataset's missing-value policy imputes;
+    * the KServe v1 envelope ``{"instances": [...]}`` of such records.
+    A record with a missing or unknown column, a wrong type or a category not seen in training is a bad
+    request whose message names the column.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from ngsll.errors import ConfigError, NGSLLError
 from ngsll.explain import answers_from_output, class_probabilities, predict_labels, sparse_explanation
 from ngsll.model import NGSLL
 from ngsll.simplify import image_inputs
+from ngsll.table import RecordError, TableEncoder
 from ngsll.text import TextEncoder, tokenize
 
 ACCEPTED_IMAGE = (
@@ -509,14 +518,78 @@ class TextService(Service):
         return answers
 
 
+class TableService(Service):
+    """Serve a table NGSLL model: every answer carries its top-K weights over named features (``age``,
+    ``housing=own``), their values in z (standardised numbers, 0/1 indicators) and contributions.
+
+    Args:
+        model: a trained table :class:`NGSLL` (``input_kind="table"``).
+        encoder: the training split's :class:`TableEncoder` (``encoder.json`` of the prepared data).
+        class_names: class names.
+        max_bytes: largest request body accepted (default 1 MiB).
+    """
+
+    def __init__(
+        self, model: NGSLL, encoder: TableEncoder, class_names: list[str], max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
+        super().__init__(model, encoder.feature_names, class_names, max_bytes)
+        args = model.args
+        if args.input_kind != "table":
+            raise ConfigError(f"TableService serves table models; this one reads {args.input_kind}")
+        if (args.numeric_inputs, list(args.category_sizes)) != (encoder.numeric_inputs, encoder.category_sizes):
+            raise ConfigError(f"the encoder gives {encoder.numeric_inputs} numbers and categories "
+                              f"{encoder.category_sizes}; the model reads {args.numeric_inputs} and {args.category_sizes}")
+        self.encoder = encoder
+        self.accepted = (f"a JSON record of the columns {encoder.columns} (numbers for {list(encoder.numeric)}, "
+                         f"strings for {list(encoder.categories)}); or the KServe v1 envelope "
+                         "{\"instances\": [...]} of such records")
+
+    def _raw(self, body: bytes) -> dict[str, Any]:
+        raise RequestError("a table model takes a JSON record, not a raw body")
+
+    def _instance(self, item: Any) -> dict[str, Any]:
+        try:
+            return self.encoder.check_record(item)
+        except RecordError as error:
+            raise RequestError(str(error)) from error
+
+    def _join(self, samples: list[Any]) -> list[dict[str, Any]]:
+        return [record for sample in samples for record in ([sample] if isinstance(sample, dict) else sample)]
+
+    def simplified(self, inputs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        return self.encoder.encode(inputs)  # (n, numbers + categorical) x, (n, d) z
+
+    def input_tensors(self) -> list[dict[str, Any]]:
+        return [{"name": "record", "datatype": "BYTES", "shape": [-1]}]
+
+    def from_tensor(self, datatype: str, shape: list[int], values: np.ndarray) -> list[dict[str, Any]]:
+        """The records of a BYTES ``[n]`` tensor, each element one JSON object."""
+        if datatype != "BYTES":
+            raise RequestError(f"table tensors must be BYTES (one JSON record per element), got {datatype}")
+        records = []
+        for item in values.reshape(-1):
+            try:
+                records.append(self._instance(json.loads(item)))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise RequestError(f"a record element is not JSON ({error})") from error
+        return records
+
+    def answer(self, inputs: list[dict[str, Any]], explain: bool = False) -> list[dict[str, Any]]:
+        """Answers for n checked records from one batched forward pass (see :func:`answers_from_output`);
+        with ``explain`` each also has ``class_weights`` (every class's weight on each selected feature)."""
+        x, z = self.simplified(inputs)
+        return self._forward(x, z, explain)[0]
+
+
 def load_service(
     checkpoint_path: str | Path, features_path: str | Path, encoder_path: str | Path | None = None,
     device: torch.device | str = "cpu", max_bytes: int = DEFAULT_MAX_BYTES,
-) -> ImageService | TextService:
-    """The service of a fine checkpoint: :class:`ImageService` or, for ``input_kind="text"``, :class:`TextService`.
+) -> ImageService | TextService | TableService:
+    """The service of a fine checkpoint: :class:`ImageService`, or for ``input_kind="text"`` / ``"table"``
+    :class:`TextService` / :class:`TableService`.
 
     ``features_path`` is the prepared data's ``features.json`` (``feature_names``, ``class_names``);
-    text models also need ``encoder_path``, its ``encoder.json``. The checkpoint is loaded with
+    text and table models also need ``encoder_path``, its ``encoder.json``. The checkpoint is loaded with
     ``weights_only=True``.
     """
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
@@ -528,10 +601,12 @@ def load_service(
         return ImageService(model, features["feature_names"], features["class_names"], max_bytes,
                             spec=features.get("image"))
     if encoder_path is None or not Path(encoder_path).exists():
-        raise ConfigError(f"{checkpoint_path} is a text model: it needs the prepared data's encoder.json "
-                          f"(got {encoder_path})")
-    encoder = TextEncoder.from_dict(json.loads(Path(encoder_path).read_text()))
-    return TextService(model, encoder, features["class_names"], max_bytes)
+        raise ConfigError(f"{checkpoint_path} is a {model.args.input_kind} model: it needs the prepared data's "
+                          f"encoder.json (got {encoder_path})")
+    stored = json.loads(Path(encoder_path).read_text())
+    if model.args.input_kind == "table":
+        return TableService(model, TableEncoder.from_dict(stored), features["class_names"], max_bytes)
+    return TextService(model, TextEncoder.from_dict(stored), features["class_names"], max_bytes)
 
 
 def _parse_json(raw: bytes) -> Any:
