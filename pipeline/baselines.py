@@ -1,6 +1,9 @@
 """Stage `baselines`: Ridge and Lasso on the simplified input, regularisation by cross validation.
 
-Binary for two classes (MNIST, MR), multi-output (one-vs-rest targets) for more (TREC).
+Binary for two classes (MNIST, MR), multi-output (one-vs-rest targets) for more (TREC). Tables also get a
+cross-validated logistic regression (top-K like the others) and two non-sparse models, a gradient-boosted
+model and an Explainable Boosting Machine, whose test-set class probabilities are stored beside the
+weights (``<name>_test_probabilities``) for the evaluation table.
 """
 
 from __future__ import annotations
@@ -10,7 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ngsll.baselines import LINEAR_MODELS, fit_linear_baseline
+import json
+
+import pandas as pd
+
+from ngsll.baselines import LINEAR_MODELS, TABLE_LINEAR_MODELS, fit_linear_baseline, fit_tree_baselines
 from ngsll.config import section
 from stage_io import load_params, load_split, log, read_json, save_arrays, setup_logging
 
@@ -24,17 +31,37 @@ def main() -> None:
     setup_logging()
     params = load_params(args.params)
     train = load_split(args.data_dir / "train.npz")
-    num_classes = len(read_json(args.data_dir / "features.json")["class_names"])
+    features = read_json(args.data_dir / "features.json")
+    num_classes = len(features["class_names"])
     task = "binary" if num_classes == 2 else "multiclass"
+    table = features.get("kind") == "table"
     fitted = {"task": np.array(task)}
-    for name in LINEAR_MODELS:
+    for name in TABLE_LINEAR_MODELS if table else LINEAR_MODELS:
         model = fit_linear_baseline(
             name, train.z, train.y, task=task, num_classes=num_classes,
             cv_folds=int(section(params, "baselines", "cv_folds")), seed=int(params["seed"]),
         )
         log.info("%s: alpha %.4g, %d non-zero weights", name, model.alpha_, int((model.coef_ != 0).sum()))
         fitted |= {f"{name}_coef": model.coef_, f"{name}_intercept": model.intercept_, f"{name}_alpha": model.alpha_}
+    if table:
+        test = load_split(args.data_dir / "test.npz")
+        frames = [records_frame(split.records, features["table"]) for split in (train, test)]
+        for name, probabilities in fit_tree_baselines(train.z, train.y, frames[0], test.z, frames[1],
+                                                      seed=int(params["seed"])).items():
+            accuracy = float((probabilities.argmax(axis=1) == test.y).mean())
+            log.info("%s: test accuracy %.4f", name, accuracy)
+            fitted[f"{name.replace(' ', '_')}_test_probabilities"] = probabilities
     save_arrays(args.out, compressed=False, **fitted)
+
+
+def records_frame(records: list[str], table: dict) -> pd.DataFrame:
+    """The input columns of a split's JSON records, numbers as floats and categories as strings."""
+    frame = pd.DataFrame.from_records([json.loads(record) for record in records], columns=table["columns"])
+    for column in table["numeric"]:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    for column in table["categorical"]:
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 self-contained HTML), rendered from pipeline/templates/model_card.md.j2 with what the pipeline measured.
 
 The template adapts to the kind (pixel maps for images; top-word tables and the Figure-5 sentences for
-text) and to the task (one section per class for multi-class models)."""
+text; top-feature tables and explained rows for tables) and to the task (one section per class for multi-class models)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,12 @@ def examples(checkpoint: dict, split, features: dict, per_class: int = 2) -> lis
     chosen = [int(i) for c in range(len(classes)) for i in (split.y == c).nonzero()[0][:per_class]]
     x, z = torch.from_numpy(split.x[chosen]), torch.from_numpy(split.z[chosen])
     answers = predict_explain(model, x, z, features["feature_names"], classes)
-    shown = [split.texts[i] for i in chosen] if hasattr(split, "texts") else [str(split.source_labels[i]) for i in chosen]
+    if hasattr(split, "records"):
+        shown = [split.records[i] for i in chosen]
+    elif hasattr(split, "texts"):
+        shown = [split.texts[i] for i in chosen]
+    else:
+        shown = [str(split.source_labels[i]) for i in chosen]
     return [{"input": text, "truth": classes[split.y[i]], "label": a["label"],
              "logit": a["logits"][a["label"]] if "logits" in a else a["logit"],
              "features": ", ".join(f"{w['feature']} ({w['contribution']:+.2f})" for w in a["weights"]) or "none"}
@@ -115,8 +120,9 @@ def context_for(dataset: DatasetSettings, params: dict, args: argparse.Namespace
                            "classes": class_sections(importance, k, features),
                            "surrogate_agreement": explain.get("dnn_surrogate_agreement"),
                            "faithfulness_table": (args.explain_dir / "faithfulness.md").read_text(),
-                           "top_words": (args.explain_dir / "top_words.md").read_text()
-                           if (args.explain_dir / "top_words.md").exists() else None},
+                           "top_words": next((path.read_text() for path in (args.explain_dir / "top_words.md",
+                                                                           args.explain_dir / "top_features.md")
+                                              if path.exists()), None)},
         "latency": {"table": format_table(
             {"batched (256)": {key: timing[str(key)]["ms_per_sample_batched"] for key in ks},
              "one at a time": {key: timing[str(key)]["ms_per_sample_single"] for key in ks}},

@@ -3,7 +3,9 @@
 Logs the test metrics and pictures to each model's MLflow run, with the test split as its evaluation
 dataset input, and tags each registered fine version with its test accuracy; Ridge, Lasso and the ablation
 get one run per K with the same metric names, so the MLflow compare view lines every model up at each K.
-Pictures: weight maps over digits (images) or test sentences with coloured words (text, paper Figure 5).
+Pictures: weight maps over digits (images), test sentences with coloured words (text, paper Figure 5) or
+test rows with the contributions of their chosen features (tables, ``rows.png``). Tables also line up the
+cross-validated logistic regression (top-K) and the non-sparse gradient-boosted model and EBM.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import mlflow
 import numpy as np
 import torch
 
-from ngsll.baselines import LINEAR_MODELS, LinearBaseline
+from ngsll.baselines import LinearBaseline
 from ngsll.config import dataset_settings, section
 from ngsll.evaluation import format_table, time_explanations
 from ngsll.explain import answered_class
 from ngsll.importance import answered_weights
-from ngsll.plots import accuracy_vs_k_figure, cell_maps, training_curves_figure, weight_overlay_figure
+from ngsll.plots import (
+    accuracy_vs_k_figure, cell_maps, explained_rows_figure, training_curves_figure, weight_overlay_figure,
+)
 from ngsll.textviz import ExplainedSentence, sentences_page
 from ngsll.train import TensorData, device_description, evaluate, pick_device
 from ngsll_plugins.tracking import (
@@ -35,14 +39,41 @@ NGSLL, DENSE, DNN = "NGSLL", "NGSLL (w/o K-HGM)", "DNN"
 
 
 def linear_models(weights_path: Path) -> dict[str, LinearBaseline]:
+    """The baselines stage's linear models (Ridge, Lasso and, for tables, Logistic), by display name."""
     with np.load(weights_path) as stored:
         task = str(stored["task"]) if "task" in stored.files else "binary"
+        names = [key[: -len("_coef")] for key in stored.files if key.endswith("_coef")]
         return {
             name.capitalize(): LinearBaseline(
                 name, task, stored[f"{name}_coef"], stored[f"{name}_intercept"], float(stored[f"{name}_alpha"])
             )
-            for name in LINEAR_MODELS
+            for name in names
         }
+
+
+def tree_accuracies(weights_path: Path, y: np.ndarray) -> dict[str, float]:
+    """Test accuracy of the non-sparse table baselines (gradient boosting, EBM) the baselines stage stored."""
+    accuracies = {}
+    with np.load(weights_path) as stored:
+        for key in (key for key in stored.files if key.endswith("_test_probabilities")):
+            name = key[: -len("_test_probabilities")].replace("_", " ")
+            accuracies[name if name.isupper() else name.capitalize()] = float((stored[key].argmax(axis=1) == y).mean())
+    return accuracies
+
+
+def explained_rows(models: dict, ks: list[int], split, chosen: np.ndarray, class_names: list[str],
+                   names: list[str], device: torch.device) -> list[tuple[str, dict[str, list[tuple[str, float]]]]]:
+    """The chosen test rows with, per K, the answered class and each chosen feature's contribution z_j w_j."""
+    sample = TensorData.from_arrays(split.x[chosen], split.z[chosen], split.y[chosen], device=device)
+    rows = [(f"row {split.ids[i]} ({class_names[split.y[i]]})", {}) for i in chosen]
+    for k in ks:
+        class_weights, predicted = answered_weights(models[k], sample.x, sample.z)  # (n, d), (n,)
+        contributions = class_weights * split.z[chosen]  # (n, d)
+        for row, (_, by_model) in enumerate(rows):
+            picked = np.flatnonzero(class_weights[row])
+            by_model[f"NGSLL K={k}: {class_names[predicted[row]]}"] = [
+                (f"{names[j]} ({split.z[chosen][row, j]:.2g})", float(contributions[row, j])) for j in picked]
+    return rows
 
 
 def weight_maps(model, data: TensorData, grid: list[int]) -> np.ndarray:
@@ -111,6 +142,9 @@ def main() -> None:
     for name, model in linear.items():
         accuracy[name] = {k: float((model.predict(test_split.z, k) == test_split.y).mean()) for k in ks}
     accuracy[DNN] = {0: evaluate(models["dnn"], test)["accuracy"]}
+    trees = tree_accuracies(args.linear, test_split.y)
+    for name, value in trees.items():
+        accuracy[name] = {0: value}
 
     table = format_table(accuracy, ks, title=f"{dataset.data['description']}: test accuracy")
     timing_rows = {
@@ -139,7 +173,8 @@ def main() -> None:
         ),
         "accuracy_vs_k.png": accuracy_vs_k_figure(accuracy, ks),
     }
-    per_class = int(settings["figure_digits_per_class" if dataset.input_kind == "image" else "figure_sentences_per_class"])
+    per_class = int(settings[{"image": "figure_digits_per_class", "text": "figure_sentences_per_class",
+                              "table": "figure_rows_per_class"}[dataset.kind]])
     if dataset.kind == "image":  # a readable figure: at most 12 images across, at least one per class
         per_class = max(1, min(per_class, 12 // len(features["class_names"])))
     chosen = np.concatenate([np.flatnonzero(test_split.y == c)[:per_class] for c in range(len(features["class_names"]))])
@@ -152,6 +187,10 @@ def main() -> None:
         titles = [f"{label} ({classes[y]})" if label != classes[y] else label
                   for label, y in zip(test_split.source_labels[chosen], test_split.y[chosen])]
         figures["weights.png"] = weight_overlay_figure(test_split.x[chosen], maps, titles)
+    elif dataset.kind == "table":
+        figures["rows.png"] = explained_rows_figure(explained_rows(models, ks, test_split, chosen,
+                                                                   features["class_names"], features["feature_names"],
+                                                                   device))
     else:
         sentences = explained_sentences(models, ks, test_split, chosen, features["class_names"],
                                         features["feature_names"], device)
@@ -161,13 +200,15 @@ def main() -> None:
         save_figure(figure, args.figures / name)
     splits = {"train": (args.data_dir / "train.npz", load_split(args.data_dir / "train.npz")),
               "test": (args.data_dir / "test.npz", test_split)}
-    log_to_mlflow(params, dataset, splits, checkpoints, accuracy, timing, linear, ks, args.figures)
+    log_to_mlflow(params, dataset, splits, checkpoints, accuracy, timing, linear, ks, args.figures, list(trees))
     log.info("wrote %s, %s and figures under %s", args.metrics, args.table, args.figures)
 
 
-def log_to_mlflow(params, dataset, splits, checkpoints, accuracy, timing, linear, ks, figures: Path) -> None:
+def log_to_mlflow(params, dataset, splits, checkpoints, accuracy, timing, linear, ks, figures: Path,
+                  trees: list[str]) -> None:
     """Test metrics, pictures and the test split onto the training runs, test accuracy onto the registered
-    versions; one run per K for Ridge, Lasso and the ablation (with the train and test splits)."""
+    versions; one run per K for Ridge, Lasso and the ablation (with the train and test splits), one run for
+    each non-sparse table baseline."""
     configure(dataset.tracking["experiment"])
     test_input = {"test": splits["test"]}
     registered = dataset.tracking["registered_model"]
@@ -197,6 +238,12 @@ def log_to_mlflow(params, dataset, splits, checkpoints, accuracy, timing, linear
                 mlflow.log_params({"model": name, "k": k, "alpha": model.alpha_, "seed": params["seed"]})
                 mlflow.log_metric("test_accuracy", accuracy[name][k])
                 log_split_inputs(dataset.name, splits)
+    for name in trees:
+        with start_run(name):
+            mlflow.set_tags({"model": name, "stage": "baselines"})
+            mlflow.log_params({"model": name, "seed": params["seed"]})
+            mlflow.log_metric("test_accuracy", accuracy[name][0])
+            log_split_inputs(dataset.name, splits)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 weights, beside SP-LIME, mean |w| and the DNN's average input gradient, and a Keep-And-Retrain
 faithfulness check of each ranking (random included). Images and text alike: over cells, the pictures are
 signed maps on each class's average image; over words, the top words of each class with their signed
-mean weight (``top_words.md`` and ``top_words.png``). ``reference_profile.json`` is the served K's NormLIME
+mean weight (``top_words.md`` and ``top_words.png``); over a table's features, the same as
+``top_features.md`` and ``top_features.png``. ``reference_profile.json`` is the served K's NormLIME
 state over the split (importance, per-class selection frequencies, class shares): the reference that
 explanation monitoring (``python -m ngsll_plugins.monitor``) compares the served explanations with.
 
@@ -21,12 +22,13 @@ import numpy as np
 from ngsll.config import DatasetSettings, dataset_settings, section
 from ngsll.evaluation import format_table
 from ngsll.importance import (
-    GradientView, accumulate_normlime, input_gradient_view, keep_and_retrain, lime_local_weights, text_gradient_view,
-    top_features_by_class, top_features_markdown,
+    GradientView, accumulate_normlime, input_gradient_view, keep_and_retrain, lime_local_weights, table_gradient_view,
+    text_gradient_view, top_features_by_class, top_features_markdown,
 )
 from ngsll.monitoring import ExplanationProfile
 from ngsll.normlime import NormLIME
 from ngsll.plots import cell_maps, faithfulness_figure, top_features_figure, weight_overlay_figure
+from ngsll.table import TableEncoder
 from ngsll.text import TextEncoder
 from ngsll.train import TensorData, pick_device
 from ngsll_plugins.tracking import configure, end_runs_on_signal
@@ -60,10 +62,13 @@ def fine_normlime(checkpoint_path: Path, data: TensorData, split, num_classes: i
 
 def gradient_view(dataset: DatasetSettings, dnn_path: Path, data: TensorData, features: dict, data_dir: Path,
                   batch_size: int, device) -> GradientView:
-    """The DNN's mean input gradient over the cells (images) or the words (text) of z."""
+    """The DNN's mean input gradient over the cells (images), the words (text) or the features (tables) of z."""
     model = load_model(dnn_path, device)
     if dataset.kind == "image":
         return input_gradient_view(model, data, features["image"]["grid"], batch_size)
+    if dataset.kind == "table":
+        encoder = TableEncoder.from_dict(read_json(data_dir / "encoder.json"))
+        return table_gradient_view(model, data, encoder.category_features(), batch_size)
     encoder = TextEncoder.from_dict(read_json(data_dir / "encoder.json"))
     return text_gradient_view(model, data, encoder.token_features(), batch_size)
 
@@ -101,11 +106,14 @@ def image_pictures(split, normlimes: dict[str, NormLIME], global_maps: dict[str,
                 out_dir / "global_maps.png")
 
 
-def text_pictures(normlime: NormLIME, names: list[str], classes: list[str], shown_k: str, out_dir: Path) -> dict:
-    """The top words of each predicted class (NormLIME importance, signed mean weight) as a table and a chart."""
+def top_feature_pictures(normlime: NormLIME, names: list[str], classes: list[str], shown_k: str, out_dir: Path,
+                         noun: str = "words") -> dict:
+    """The top words (text) or features (tables) of each predicted class (NormLIME importance, signed mean
+    weight) as a table and a chart: ``top_<noun>.md`` and ``top_<noun>.png``."""
     tables = top_features_by_class(normlime, names, classes, TOP_WORDS)
-    write_text(out_dir / "top_words.md", top_features_markdown(tables, f", {shown_k}"))
-    save_figure(top_features_figure(tables, title=f"top words by predicted class, {shown_k}"), out_dir / "top_words.png")
+    write_text(out_dir / f"top_{noun}.md", top_features_markdown(tables, f", {shown_k}"))
+    save_figure(top_features_figure(tables, title=f"top {noun} by predicted class, {shown_k}"),
+                out_dir / f"top_{noun}.png")
     return tables
 
 
@@ -176,8 +184,12 @@ def main() -> None:
     shown_k = f"K={served}" if served in ks else f"K={ks[0]}"
     if dataset.kind == "image":
         image_pictures(split, normlimes, global_maps[shown_k], shown_k, features, args.out_dir)
+    elif dataset.kind == "table":
+        importance["top_features_by_class"] = top_feature_pictures(normlimes[shown_k], names, classes, shown_k,
+                                                                   args.out_dir, noun="features")
     else:
-        importance["top_words_by_class"] = text_pictures(normlimes[shown_k], names, classes, shown_k, args.out_dir)
+        importance["top_words_by_class"] = top_feature_pictures(normlimes[shown_k], names, classes, shown_k,
+                                                                args.out_dir)
     write_json(args.out_dir / "importance.json", importance)
     reference = ExplanationProfile(names, classes, normlimes[shown_k], dataset.serve["model_name"],
                                    f"{settings['split']} split, {shown_k}", features.get("image"))

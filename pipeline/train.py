@@ -25,6 +25,7 @@ with its error; a rank that hangs fails the others after ``distributed.timeout_s
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from ngsll import build_model
@@ -195,10 +197,11 @@ def register_fine_model(args: argparse.Namespace, settings: DatasetSettings, che
     """Log the fine checkpoint as a pyfunc in run ``run_id``, register it as ``ngsll-<dataset>`` and tag the
     version with the dataset, K, git commit and DVC data hash (the last two from the run's context tags)."""
     name = settings.tracking["registered_model"]
-    text = settings.input_kind == "text"
-    example = validation.texts[:2] if text else image_example(validation.x[:2])  # two sentences or images
+    examples = {"text": lambda: validation.texts[:2], "image": lambda: image_example(validation.x[:2]),
+                "table": lambda: pd.DataFrame.from_records([json.loads(r) for r in validation.records[:2]])}
+    example = examples[settings.input_kind]()  # two sentences, images or records
     info = log_pyfunc_model(checkpoint, args.data_dir / "features.json", name, example,
-                            encoder_path=args.data_dir / "encoder.json" if text else None)
+                            encoder_path=args.data_dir / "encoder.json" if settings.kind != "image" else None)
     run_tags = mlflow.get_run(run_id).data.tags  # set by the ngsll run-context plugin
     tags = {"dataset": args.dataset, "k": k, "git_commit": run_tags.get("ngsll.git.commit"),
             "dvc_data_md5": run_tags.get(f"dvc.data.{args.data_dir.as_posix()}")}

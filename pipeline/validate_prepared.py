@@ -1,6 +1,6 @@
 """Stage `validate_prepared`: Great Expectations gate on the prepared splits before training.
 
-Every split non-empty, z in [0, 1] (text word counts: >= 0), stored masks equal to (z == 0), the expected
+Every split non-empty, z in [0, 1] (text word counts: >= 0; tables: finite standardised values and one-hots), stored masks equal to (z == 0), the expected
 number of features, labels in the class set, each class's share within ``validate.class_share_tolerance``
 of ``validate.class_share`` where one is given (MNIST: half the digits are 5-9), train and validation ids
 disjoint.
@@ -39,13 +39,14 @@ def main() -> None:
     if unknown:
         raise ConfigError(f"datasets.{args.dataset}.validate.class_share names {unknown}, which are not classes {classes}")
     tolerance = float(dataset.validate.get("class_share_tolerance", 0.1))
-    z_max = None if dataset.kind == "text" and dataset.data.get("counts") else 1.0
+    z_max = None if dataset.kind == "table" or (dataset.kind == "text" and dataset.data.get("counts")) else 1.0
+    z_min = None if dataset.kind == "table" else 0.0  # standardised columns lie on both sides of 0
     frames, batches = {}, {}
     for split in SPLITS:
         with np.load(args.data_dir / f"{split}.npz") as stored:
             frames[split] = frame = prepared_frame(stored["z"], stored["mask"], stored["y"], stored["ids"], split)
         checks = prepared_checks(num_features=len(features["feature_names"]), class_share=None, tolerance=0.0,
-                                 num_classes=len(classes), z_max=z_max)
+                                 num_classes=len(classes), z_max=z_max, z_min=z_min)
         batches[split] = (frame, checks)
         for name, share in expected_shares.items():  # one indicator column per class with an expected share
             index = classes.index(name)

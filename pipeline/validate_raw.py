@@ -8,6 +8,11 @@ ids, split values. Policy ``validate.rows_without_words``: ``fail`` (default) st
 without a single word token (e.g. an emoticon-only SMS ``:-)``); ``drop`` removes such rows before the
 checks and lists them (id and text) in the reports, and `prepare` leaves them out.
 
+Tables: row count, labels in the class set with every class present, unique ids, split values, every
+input column present, missing values at most ``validate.max_missing_share`` of each column (none at all
+when ``data.missing`` is ``fail``), numeric ``validate.ranges`` and categorical ``validate.categories``,
+every class at least ``validate.min_class_share`` of the rows.
+
 On failure: a short summary naming the failing rows by id, the full result as JSON and HTML, and a
 non-zero exit that stops `dvc repro`.
 """
@@ -20,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from ngsll.config import DatasetSettings, dataset_settings
+from ngsll.data.table import RawTable
 from ngsll.data.text import TextCorpus
 from ngsll.quality import (
-    class_share_checks, class_share_frame, label_text, raw_checks, raw_image_frame, raw_text_checks, raw_text_frame,
-    rows_to_drop, run_checks,
+    class_share_checks, class_share_frame, label_text, raw_checks, raw_image_frame, raw_table_checks, raw_text_checks,
+    raw_text_frame, rows_to_drop, run_checks,
 )
 from stage_io import finish_gate, load_params, one_line_errors, read_json, setup_logging
 
@@ -62,11 +68,26 @@ def text_gate(dataset: DatasetSettings, raw: Path, info: Path, report: Path, htm
     finish_gate(result, report, html, f"validate_raw ({dataset.name})", dropped if len(drop) else None)
 
 
+def table_gate(dataset: DatasetSettings, raw: Path, info: Path, report: Path, html: Path) -> None:
+    settings = dataset.validate
+    table = RawTable.read_csv(raw / "table.csv", read_json(info))
+    rows = settings["rows"]
+    share = 0.0 if dataset.data.get("missing", "impute") == "fail" else float(settings.get("max_missing_share", 0.0))
+    checks = raw_table_checks(len(table.class_names), int(rows["min"]), int(rows["max"]) if rows.get("max") else None,
+                              [*table.numeric, *table.categorical], share, settings.get("ranges"),
+                              settings.get("categories"))
+    batches = {dataset.name: (table.frame, checks)}
+    minimum = float(settings.get("min_class_share") or 0.0)
+    if minimum > 0:
+        batches["class shares"] = (class_share_frame(table.frame["label_name"]), class_share_checks(minimum))
+    finish_gate(run_checks(batches, suite_name=f"raw_{dataset.name}"), report, html, f"validate_raw ({dataset.name})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, help="a name under datasets in params.yaml")
     parser.add_argument("--raw", type=Path, required=True, help="fetch's raw folder")
-    parser.add_argument("--info", type=Path, required=True, help="fetch's provenance JSON (text: class names)")
+    parser.add_argument("--info", type=Path, required=True, help="fetch's provenance JSON (text: class names; tables: schema)")
     parser.add_argument("--report", type=Path, required=True, help="validation result JSON")
     parser.add_argument("--html", type=Path, required=True, help="static HTML report")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -75,6 +96,8 @@ def main() -> None:
     dataset = dataset_settings(load_params(args.params), args.dataset)
     if dataset.kind == "image":
         image_gate(dataset, args.raw, args.report, args.html)
+    elif dataset.kind == "table":
+        table_gate(dataset, args.raw, args.info, args.report, args.html)
     else:
         text_gate(dataset, args.raw, args.info, args.report, args.html)
 

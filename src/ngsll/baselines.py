@@ -1,8 +1,11 @@
-"""Global linear baselines on the simplified input: Ridge and Lasso evaluated with only K weights.
+"""Global baselines on the simplified input: Ridge and Lasso (and, for tables, a logistic regression)
+evaluated with only K weights, and for tables the usual non-sparse choices, a gradient-boosted model and
+an Explainable Boosting Machine.
 
-As in the paper, their regularisation strength is chosen by cross validation (scikit-learn's ``RidgeCV``
-and ``LassoCV``/``MultiTaskLassoCV``), and accuracy at K keeps only the K largest |weights| (ranked by
-the sum of squares over classes for multi-class models); the intercept is kept.
+As in the paper, the linear models' regularisation strength is chosen by cross validation (scikit-learn's
+``RidgeCV``, ``LassoCV``/``MultiTaskLassoCV``, ``LogisticRegressionCV``), and accuracy at K keeps only the
+K largest |weights| (ranked by the sum of squares over classes for multi-class models); the intercept is
+kept.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.linear_model import LassoCV, MultiTaskLassoCV, RidgeCV
+from sklearn.linear_model import LassoCV, LogisticRegressionCV, MultiTaskLassoCV, RidgeCV
 
 from ngsll.errors import ConfigError, InputError
 
 LINEAR_MODELS = ("ridge", "lasso")
+TABLE_LINEAR_MODELS = (*LINEAR_MODELS, "logistic")  # tables: also the model a credit team would fit first
+TREE_MODELS = ("gradient boosting", "EBM")
 
 
 def regression_targets(y: np.ndarray, task: str, num_classes: int) -> np.ndarray:
@@ -64,8 +69,15 @@ def fit_linear_baseline(
     name: str, z: np.ndarray, y: np.ndarray, task: str, num_classes: int = 2, cv_folds: int = 3, seed: int = 0
 ) -> LinearBaseline:
     """Fit ``ridge`` or ``lasso`` with cross-validated regularisation on (N, d) z and (N,) labels."""
-    if name not in LINEAR_MODELS:
-        raise ConfigError(f"linear baseline must be one of {LINEAR_MODELS}, got {name!r}")
+    if name not in TABLE_LINEAR_MODELS:
+        raise ConfigError(f"linear baseline must be one of {TABLE_LINEAR_MODELS}, got {name!r}")
+    if name == "logistic":
+        if task == "regression":
+            raise ConfigError("the logistic baseline is for classification tasks")
+        model = LogisticRegressionCV(Cs=10, cv=cv_folds, max_iter=2000).fit(z, y)
+        coef = model.coef_.T if task == "multiclass" else model.coef_.T[:, :1]  # (d, C) or (d, 1)
+        return LinearBaseline(name=name, task=task, coef_=coef, intercept_=np.atleast_1d(model.intercept_),
+                              alpha_=float(1.0 / np.atleast_1d(model.C_)[0]))
     targets = regression_targets(y, task, num_classes)  # (N, C)
     if name == "ridge":
         model = RidgeCV(alphas=np.logspace(-3, 3, 13), cv=cv_folds).fit(z, targets)
@@ -77,3 +89,21 @@ def fit_linear_baseline(
         model = MultiTaskLassoCV(cv=cv_folds, alphas=20, random_state=seed, max_iter=2000).fit(z, targets)
         coef, alpha = model.coef_.T, float(model.alpha_)
     return LinearBaseline(name=name, task=task, coef_=coef, intercept_=np.atleast_1d(model.intercept_), alpha_=alpha)
+
+
+def fit_tree_baselines(
+    train_z: np.ndarray, train_y: np.ndarray, train_frame, test_z: np.ndarray, test_frame, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Fit the two non-sparse table baselines and return each one's (N_test, C) class probabilities.
+
+    ``gradient boosting``: scikit-learn's ``HistGradientBoostingClassifier`` on z (standardised numbers,
+    missing flags, one-hots). ``EBM``: interpret's ``ExplainableBoostingClassifier`` on the raw columns
+    (``train_frame``/``test_frame``, DataFrames of the input columns; it bins numbers and handles categories
+    and missing values itself). Both seeded.
+    """
+    from interpret.glassbox import ExplainableBoostingClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    boosted = HistGradientBoostingClassifier(random_state=seed).fit(train_z, train_y)
+    ebm = ExplainableBoostingClassifier(random_state=seed, n_jobs=1).fit(train_frame, train_y)
+    return {"gradient boosting": boosted.predict_proba(test_z), "EBM": ebm.predict_proba(test_frame)}

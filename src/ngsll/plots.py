@@ -129,3 +129,26 @@ def top_features_figure(tables: dict[str, list[dict[str, float | str]]], title: 
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def explained_rows_figure(rows: list[tuple[str, dict[str, list[tuple[str, float]]]]]) -> Figure:
+    """Table rows (figure rows) by model (figure columns): each panel the row's chosen features and their
+    contributions z_j w_j to the answered class's logit (red +, blue -), largest on top.
+
+    ``rows``: (title, {panel title: [(feature label, contribution), ...]}) per table row.
+    """
+    panels = max((len(by_model) for _, by_model in rows), default=1) or 1
+    bars = max((len(items) for _, by_model in rows for items in by_model.values()), default=1) or 1
+    figure, axes = plt.subplots(len(rows), panels, figsize=(3.4 * panels, (0.28 * bars + 0.9) * len(rows)),
+                                squeeze=False)
+    for axes_row, (title, by_model) in zip(axes, rows):
+        for axis, (panel, items) in zip(axes_row, by_model.items()):
+            ordered = sorted(items, key=lambda item: abs(item[1]))  # largest |contribution| on top
+            values = [value for _, value in ordered]
+            axis.barh(range(len(values)), values, color=["tab:red" if v >= 0 else "tab:blue" for v in values])
+            axis.set_yticks(range(len(values)), [label for label, _ in ordered], fontsize=7)
+            axis.axvline(0, color="black", linewidth=0.6)
+            axis.set_title(f"{title}\n{panel}", fontsize=8)
+            axis.tick_params(axis="x", labelsize=7)
+    figure.tight_layout()
+    return figure

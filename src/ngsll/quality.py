@@ -119,6 +119,31 @@ def raw_text_checks(num_classes: int, min_rows: int, max_rows: int) -> list[Chec
     ]
 
 
+def raw_table_checks(num_classes: int, min_rows: int, max_rows: int | None, columns: list[str],
+                     max_missing_share: float, ranges: dict[str, list[float | None]] | None = None,
+                     categories: dict[str, list[str]] | None = None) -> list[Check]:
+    """Expectations for a raw table: row count, labels in range with every class present, unique ids, split
+    values, every input column present with at most ``max_missing_share`` missing (0: none may be missing),
+    numeric ``ranges`` ({column: [low, high]}, None: open) and categorical ``categories`` ({column: values})."""
+    classes = list(range(num_classes))
+    checks: list[Check] = [
+        ("ExpectTableRowCountToBeBetween", {"min_value": min_rows, "max_value": max_rows}),
+        ("ExpectColumnValuesToNotBeNull", {"column": "label"}),
+        ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": classes}),
+        ("ExpectColumnDistinctValuesToContainSet", {"column": "label", "value_set": classes}),
+        ("ExpectColumnValuesToBeUnique", {"column": "id"}),
+        ("ExpectColumnValuesToBeInSet", {"column": "split", "value_set": ["train", "test", ""]}),
+    ]
+    for column in columns:
+        checks.append(("ExpectColumnToExist", {"column": column}))
+        checks.append(("ExpectColumnValuesToNotBeNull", {"column": column, "mostly": 1.0 - float(max_missing_share)}))
+    for column, (low, high) in (ranges or {}).items():
+        checks.append(("ExpectColumnValuesToBeBetween", {"column": column, "min_value": low, "max_value": high}))
+    for column, values in (categories or {}).items():
+        checks.append(("ExpectColumnValuesToBeInSet", {"column": column, "value_set": [str(v) for v in values]}))
+    return checks
+
+
 def raw_checks(labels: list[str], min_rows: int, max_rows: int, height: int, width: int, channels: int) -> list[Check]:
     """Expectations for one raw image split: row count, labels in the set with every label present, one
     image size and channel count, pixels finite in 0-255, unique ids."""
@@ -150,15 +175,18 @@ def class_share_checks(min_share: float) -> list[Check]:
 
 
 def prepared_checks(
-    num_features: int, class_share: float | None, tolerance: float, num_classes: int, z_max: float | None = 1.0
+    num_features: int, class_share: float | None, tolerance: float, num_classes: int, z_max: float | None = 1.0,
+    z_min: float | None = 0.0,
 ) -> list[Check]:
-    """Expectations for one prepared split: non-empty, z in [0, z_max] (None: no upper bound, e.g. word
-    counts), masks match z, d, labels in the class set, and (unless ``class_share`` is None) the mean
-    label within ``tolerance`` of ``class_share``."""
+    """Expectations for one prepared split: non-empty, z in [z_min, z_max] (None: unbounded, e.g. word
+    counts above, standardised table columns on both sides), masks match z, d, labels in the class set, and
+    (unless ``class_share`` is None) the mean label within ``tolerance`` of ``class_share``."""
+    bounded = z_min is not None or z_max is not None
     checks: list[Check] = [
         ("ExpectTableRowCountToBeBetween", {"min_value": 1, "max_value": None}),
-        ("ExpectColumnValuesToBeBetween", {"column": "z_min", "min_value": 0.0, "max_value": z_max}),
-        ("ExpectColumnValuesToBeBetween", {"column": "z_max", "min_value": 0.0, "max_value": z_max}),
+        *([("ExpectColumnValuesToBeBetween", {"column": column, "min_value": z_min, "max_value": z_max})
+           for column in ("z_min", "z_max")] if bounded else []),
+        ("ExpectColumnValuesToNotBeNull", {"column": "z_min"}),  # NaN rows (e.g. a failed standardisation)
         ("ExpectColumnValuesToBeInSet", {"column": "mask_consistent", "value_set": [True]}),
         ("ExpectColumnValuesToBeInSet", {"column": "num_features", "value_set": [num_features]}),
         ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": list(range(num_classes))}),
