@@ -17,7 +17,9 @@ import json
 
 import pandas as pd
 
-from ngsll.baselines import LINEAR_MODELS, TABLE_LINEAR_MODELS, fit_linear_baseline, fit_tree_baselines
+from ngsll.baselines import (
+    LINEAR_MODELS, TABLE_LINEAR_MODELS, fit_linear_baseline, fit_tree_baselines, tree_probabilities_key,
+)
 from ngsll.config import section
 from stage_io import load_params, load_split, log, read_json, save_arrays, setup_logging
 
@@ -50,7 +52,7 @@ def main() -> None:
                                                       seed=int(params["seed"])).items():
             accuracy = float((probabilities.argmax(axis=1) == test.y).mean())
             log.info("%s: test accuracy %.4f", name, accuracy)
-            fitted[f"{name.replace(' ', '_')}_test_probabilities"] = probabilities
+            fitted[tree_probabilities_key(name)] = probabilities
     save_arrays(args.out, compressed=False, **fitted)
 
 

@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 import torch
 
-from ngsll.baselines import LinearBaseline
+from ngsll.baselines import TREE_MODELS, LinearBaseline, tree_probabilities_key
 from ngsll.config import dataset_settings, section
 from ngsll.evaluation import format_table, time_explanations
 from ngsll.explain import answered_class
@@ -53,12 +53,9 @@ def linear_models(weights_path: Path) -> dict[str, LinearBaseline]:
 
 def tree_accuracies(weights_path: Path, y: np.ndarray) -> dict[str, float]:
     """Test accuracy of the non-sparse table baselines (gradient boosting, EBM) the baselines stage stored."""
-    accuracies = {}
     with np.load(weights_path) as stored:
-        for key in (key for key in stored.files if key.endswith("_test_probabilities")):
-            name = key[: -len("_test_probabilities")].replace("_", " ")
-            accuracies[name if name.isupper() else name.capitalize()] = float((stored[key].argmax(axis=1) == y).mean())
-    return accuracies
+        return {name[0].upper() + name[1:]: float((stored[key].argmax(axis=1) == y).mean())
+                for name, key in ((name, tree_probabilities_key(name)) for name in TREE_MODELS) if key in stored.files}
 
 
 def explained_rows(models: dict, ks: list[int], split, chosen: np.ndarray, class_names: list[str],

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ngsll.errors import NGSLLError
 from ngsll.serving import RequestError, TableService, TextService, load_service
+from ngsll.table import frame_records
 
 
 class NGSLLPyfunc(mlflow.pyfunc.PythonModel):
@@ -63,7 +64,7 @@ def as_records(service: TableService, model_input: Any) -> list[dict[str, Any]]:
     """Checked records from a DataFrame (one row each; missing cells as NaN) or a list of dicts; a bad record
     raises :class:`RequestError` naming its row and column."""
     if isinstance(model_input, pd.DataFrame):
-        model_input = model_input.astype(object).where(model_input.notna(), None).to_dict("records")
+        model_input = frame_records(model_input)
     if isinstance(model_input, dict):
         model_input = [model_input]
     records = []

@@ -22,6 +22,11 @@ TABLE_LINEAR_MODELS = (*LINEAR_MODELS, "logistic")  # tables: also the model a c
 TREE_MODELS = ("gradient boosting", "EBM")
 
 
+def tree_probabilities_key(name: str) -> str:
+    """The baselines stage's array of a tree model's test-set class probabilities (``EBM_test_probabilities``)."""
+    return f"{name.replace(' ', '_')}_test_probabilities"
+
+
 def regression_targets(y: np.ndarray, task: str, num_classes: int) -> np.ndarray:
     """(N, C) regression targets: +-1 for binary, one-hot +-1 for multi-class, y itself for regression."""
     if task == "binary":

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ngsll.data.labels import label_text
 from ngsll.errors import ConfigError, NGSLLError
 
 # One check: (GX expectation class name, keyword arguments).
@@ -51,15 +52,6 @@ def raw_image_frame(images: np.ndarray, labels: np.ndarray, split: str, files: n
         "pixel_max": pixel_max,
         "nonfinite": (~finite).sum(axis=1),
     })
-
-
-def label_text(label: Any) -> str | None:
-    """A stored label as text (``3``, ``3.0`` and ``"3"`` alike), None for a missing one."""
-    if label is None or (isinstance(label, (float, np.floating)) and np.isnan(label)):
-        return None
-    if isinstance(label, (float, np.floating)) and float(label).is_integer():
-        return str(int(label))
-    return str(label.item() if isinstance(label, np.generic) else label)
 
 
 def prepared_frame(z: np.ndarray, mask: np.ndarray, y: np.ndarray, ids: np.ndarray, split: str) -> pd.DataFrame:

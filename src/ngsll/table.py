@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ngsll.data.labels import label_text
 from ngsll.errors import ConfigError, InputError
 
 MISSING_POLICIES = ("impute", "fail")
@@ -80,7 +81,7 @@ class TableEncoder:
             mean, std = float(values.mean()), float(values.std(ddof=0))
             stats[column] = {"mean": mean if math.isfinite(mean) else 0.0,
                              "std": std if math.isfinite(std) and std > 0 else 1.0}
-        categories = {column: sorted({_category(v) for v in frame[column] if not _is_missing(v)})
+        categories = {column: sorted({label_text(v) for v in frame[column] if not _is_missing(v)})
                       for column in categorical}
         missing = [column for column in [*numeric, *categorical] if frame[column].map(_is_missing).any()]
         return cls(stats, categories, missing, policy, label)
@@ -162,7 +163,7 @@ class TableEncoder:
             return None
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise RecordError(f"column {column!r} must be a category (a string), got {type(value).__name__}")
-        category = _category(value)
+        category = label_text(value)
         if category not in self._index[column]:
             raise RecordError(f"column {column!r} has the unseen category {category!r}; seen in training: "
                               f"{self.categories[column]}")
@@ -187,7 +188,7 @@ class TableEncoder:
             if self.missing else np.zeros((n, 0), dtype=np.float32)  # (n, missing)
         codes = np.zeros((n, len(self.categories)), dtype=np.int64)  # (n, categorical)
         for j, (column, values) in enumerate(self.categories.items()):
-            as_text = frame[column].map(lambda v: None if _is_missing(v) else _category(v))
+            as_text = frame[column].map(lambda v: None if _is_missing(v) else label_text(v))
             codes[:, j] = pd.Categorical(as_text, categories=values).codes + 1  # -1 (absent) -> 0
         one_hot = np.concatenate([np.eye(size, dtype=np.float32)[codes[:, j]][:, 1:]
                                   for j, size in enumerate(self.category_sizes)], axis=1) \
@@ -200,8 +201,7 @@ class TableEncoder:
     def split(self, frame: pd.DataFrame, labels: np.ndarray, ids: np.ndarray) -> TableSplit:
         """A :class:`TableSplit` of the rows ``frame`` with their labels and ids."""
         x, z = self.encode(frame)
-        records = [json.dumps(row, default=str) for row in
-                   frame[self.columns].astype(object).where(frame[self.columns].notna(), None).to_dict("records")]
+        records = [json.dumps(row, default=str) for row in frame_records(frame[self.columns])]
         return TableSplit(x=x, z=z, y=np.asarray(labels), ids=np.asarray(ids), records=records)
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,12 +214,11 @@ class TableEncoder:
                    values.get("policy", "impute"), values.get("label"))
 
 
+def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of ``frame`` as dicts, a missing cell (NaN, None, NA) as None."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
-
-def _category(value: Any) -> str:
-    """A category as text: 2 and 2.0 (a CSV's integer codes read as floats) are both ``"2"``."""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value.item() if isinstance(value, np.generic) else value)

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ngsll.errors import DataSourceError
+
+def label_text(label: Any) -> str | None:
+    """A stored label or category as text (``3``, ``3.0`` and ``"3"`` alike), None for a missing one."""
+    if label is None or (isinstance(label, (float, np.floating)) and np.isnan(label)):
+        return None
+    if isinstance(label, (float, np.floating)) and float(label).is_integer():
+        return str(int(label))
+    return str(label.item() if isinstance(label, np.generic) else label)
+
 
 MAX_CLASSES = 100  # more distinct labels than this under a classification task: surely a continuous target
 

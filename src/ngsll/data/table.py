@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ngsll.data.labels import check_class_labels
+from ngsll.data.labels import check_class_labels, label_text
 from ngsll.data.text import decode_utf8
 from ngsll.errors import DataSourceError
 
@@ -170,9 +170,8 @@ def read_table_source(path: str | Path, data: dict[str, Any], where: str) -> Raw
 
 
 def _label_text(value: Any) -> str:
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value).strip()
+    """A present label or category as text, stripped (``2``, ``2.0`` and ``" 2"`` alike)."""
+    return label_text(value).strip()
 
 
 def _label_order(value: str) -> tuple[int, float | str]:
