@@ -38,7 +38,7 @@ run: install
 	@$(BIN)/python -c "import yaml; print('\\n'.join(open(f'reports/{d}/table.md').read() for d in yaml.safe_load(open('params.yaml'))['run']))"
 
 test: install
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=25
 
 serve: install
 	$(BIN)/python -m $(SERVE_MODULE) start models/$(DATASET)/serve $(if $(MODEL),--model-uri $(MODEL))
