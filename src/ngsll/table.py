@@ -188,8 +188,10 @@ class TableEncoder:
             if self.missing else np.zeros((n, 0), dtype=np.float32)  # (n, missing)
         codes = np.zeros((n, len(self.categories)), dtype=np.int64)  # (n, categorical)
         for j, (column, values) in enumerate(self.categories.items()):
-            as_text = frame[column].map(lambda v: None if _is_missing(v) else label_text(v))
-            codes[:, j] = pd.Categorical(as_text, categories=values).codes + 1  # -1 (absent) -> 0
+            seen, distinct = pd.factorize(frame[column], use_na_sentinel=True)  # (n,) index into distinct, -1: missing
+            # label_text once per distinct cell, not per row; a trailing 0 is the code of a missing cell (index -1)
+            lookup = np.append(pd.Categorical([label_text(v) for v in distinct], categories=values).codes + 1, 0)
+            codes[:, j] = lookup[seen]  # (n,) training code, 0 for an unseen or missing category
         one_hot = np.concatenate([np.eye(size, dtype=np.float32)[codes[:, j]][:, 1:]
                                   for j, size in enumerate(self.category_sizes)], axis=1) \
             if self.categories else np.zeros((n, 0), dtype=np.float32)  # (n, sum of categories)
