@@ -1,4 +1,4 @@
-"""Stage `evaluate`: test accuracy per model and K (paper Table 1), explanation timings, pictures.
+"""Stage `evaluate`: test accuracy (and ROC AUC) per model and K (paper Table 1), explanation timings, pictures.
 
 Logs the test metrics and pictures to each model's MLflow run, with the test split as its evaluation
 dataset input, and tags each registered fine version with its test accuracy; Ridge, Lasso and the ablation
@@ -19,7 +19,7 @@ import torch
 
 from ngsll.baselines import TREE_MODELS, LinearBaseline, tree_probabilities_key
 from ngsll.config import dataset_settings, section
-from ngsll.evaluation import format_table, time_explanations
+from ngsll.evaluation import format_table, model_logits, roc_auc, time_explanations
 from ngsll.explain import answered_class
 from ngsll.importance import answered_weights
 from ngsll.plots import (
@@ -51,10 +51,11 @@ def linear_models(weights_path: Path) -> dict[str, LinearBaseline]:
         }
 
 
-def tree_accuracies(weights_path: Path, y: np.ndarray) -> dict[str, float]:
-    """Test accuracy of the non-sparse table baselines (gradient boosting, EBM) the baselines stage stored."""
+def tree_probabilities(weights_path: Path) -> dict[str, np.ndarray]:
+    """(N_test, C) test-set class probabilities of the non-sparse table baselines (gradient boosting, EBM) the
+    baselines stage stored, by display name."""
     with np.load(weights_path) as stored:
-        return {name[0].upper() + name[1:]: float((stored[key].argmax(axis=1) == y).mean())
+        return {name[0].upper() + name[1:]: stored[key]
                 for name, key in ((name, tree_probabilities_key(name)) for name in TREE_MODELS) if key in stored.files}
 
 
@@ -126,24 +127,40 @@ def main() -> None:
     checkpoints |= {"dense": load_checkpoint(args.dense), "dnn": load_checkpoint(args.dnn)}
     models = {key: load_model(checkpoint, device) for key, checkpoint in checkpoints.items()}
     accuracy: dict[str, dict[int, float]] = {NGSLL: {}, DENSE: {}}
+    auc: dict[str, dict[int, float]] = {}  # test ROC AUC where every class is in the test split
+    task = models["dnn"].args.task
+
+    def score(name: str, k: int, scores: np.ndarray, probabilities: bool = False) -> None:
+        value = roc_auc(test_split.y, scores, task, probabilities)
+        if value is not None:
+            auc.setdefault(name, {})[k] = value
+
     timing: dict[str, dict[str, float]] = {}
     timed = slice(0, int(settings["timing_samples"]))
     for k in ks:
         accuracy[NGSLL][k] = evaluate(models[k], test)["accuracy"]
+        score(NGSLL, k, model_logits(models[k], test.x, test.z))
         timing[str(k)] = time_explanations(
             models[k], test.x[timed], test.z[timed], int(settings["batch_size"]), int(settings["single_samples"])
         )
         models["dense"].set_gate(k, models["dense"].args.tau)
         accuracy[DENSE][k] = evaluate(models["dense"], test)["accuracy"]
+        score(DENSE, k, model_logits(models["dense"], test.x, test.z))
     linear = linear_models(args.linear)
     for name, model in linear.items():
         accuracy[name] = {k: float((model.predict(test_split.z, k) == test_split.y).mean()) for k in ks}
+        for k in ks:
+            score(name, k, model.decision(test_split.z, k))
     accuracy[DNN] = {0: evaluate(models["dnn"], test)["accuracy"]}
-    trees = tree_accuracies(args.linear, test_split.y)
-    for name, value in trees.items():
-        accuracy[name] = {0: value}
+    score(DNN, 0, model_logits(models["dnn"], test.x, test.z))
+    trees = tree_probabilities(args.linear)
+    for name, probabilities in trees.items():
+        accuracy[name] = {0: float((probabilities.argmax(axis=1) == test_split.y).mean())}
+        score(name, 0, probabilities, probabilities=True)
 
     table = format_table(accuracy, ks, title=f"{dataset.data['description']}: test accuracy")
+    if auc:
+        table += "\n\n" + format_table(auc, ks, title="test ROC AUC")
     timing_rows = {
         "NGSLL batched": {k: timing[str(k)]["ms_per_sample_batched"] for k in ks},
         "NGSLL single": {k: timing[str(k)]["ms_per_sample_single"] for k in ks},
@@ -154,6 +171,7 @@ def main() -> None:
     write_text(args.table, report)
     write_json(args.metrics, {
         "test_accuracy": {name: {str(k): v for k, v in row.items()} for name, row in accuracy.items()},
+        "test_auc": {name: {str(k): v for k, v in row.items()} for name, row in auc.items()},
         "timing_ms_per_sample": timing,
         "device": device_description(device),
         "num_test": len(test),
@@ -197,22 +215,26 @@ def main() -> None:
         save_figure(figure, args.figures / name)
     splits = {"train": (args.data_dir / "train.npz", load_split(args.data_dir / "train.npz")),
               "test": (args.data_dir / "test.npz", test_split)}
-    log_to_mlflow(params, dataset, splits, checkpoints, accuracy, timing, linear, ks, args.figures, list(trees))
+    log_to_mlflow(params, dataset, splits, checkpoints, accuracy, auc, timing, linear, ks, args.figures, list(trees))
     log.info("wrote %s, %s and figures under %s", args.metrics, args.table, args.figures)
 
 
-def log_to_mlflow(params, dataset, splits, checkpoints, accuracy, timing, linear, ks, figures: Path,
+def log_to_mlflow(params, dataset, splits, checkpoints, accuracy, auc, timing, linear, ks, figures: Path,
                   trees: list[str]) -> None:
     """Test metrics, pictures and the test split onto the training runs, test accuracy onto the registered
     versions; one run per K for Ridge, Lasso and the ablation (with the train and test splits), one run for
-    each non-sparse table baseline."""
+    each non-sparse table baseline. ``test_auc`` goes beside ``test_accuracy`` wherever it is defined."""
+
+    def test_metrics(name: str, k: int) -> dict[str, float]:
+        return {"test_accuracy": accuracy[name][k], **({"test_auc": auc[name][k]} if k in auc.get(name, {}) else {})}
+
     configure(dataset.tracking["experiment"])
     test_input = {"test": splits["test"]}
     registered = dataset.tracking["registered_model"]
     for k in ks:
         run_id = checkpoints[k]["mlflow_run_id"]
         with mlflow.start_run(run_id=run_id):
-            mlflow.log_metrics({"test_accuracy": accuracy[NGSLL][k], **timing[str(k)]})
+            mlflow.log_metrics({**test_metrics(NGSLL, k), **timing[str(k)]})
             log_split_inputs(dataset.name, test_input)
             for picture in sorted(figures.iterdir()):
                 mlflow.log_artifact(str(picture), artifact_path="figures")
@@ -220,26 +242,26 @@ def log_to_mlflow(params, dataset, splits, checkpoints, accuracy, timing, linear
         if version is not None:
             tag_model_version(registered, version, {"test_accuracy": f"{accuracy[NGSLL][k]:.4f}"})
     with mlflow.start_run(run_id=checkpoints["dnn"]["mlflow_run_id"]):
-        mlflow.log_metric("test_accuracy", accuracy[DNN][0])
+        mlflow.log_metrics(test_metrics(DNN, 0))
         log_split_inputs(dataset.name, test_input)
     with mlflow.start_run(run_id=checkpoints["dense"]["mlflow_run_id"]):
         log_split_inputs(dataset.name, test_input)
         for k in ks:
             with mlflow.start_run(run_name=f"{DENSE} K={k}", nested=True):
                 mlflow.log_params({"model": DENSE, "k": k})
-                mlflow.log_metric("test_accuracy", accuracy[DENSE][k])
+                mlflow.log_metrics(test_metrics(DENSE, k))
     for name, model in linear.items():
         for k in ks:
             with start_run(f"{name} K={k}"):
                 mlflow.set_tags({"model": name, "stage": "baselines"})
                 mlflow.log_params({"model": name, "k": k, "alpha": model.alpha_, "seed": params["seed"]})
-                mlflow.log_metric("test_accuracy", accuracy[name][k])
+                mlflow.log_metrics(test_metrics(name, k))
                 log_split_inputs(dataset.name, splits)
     for name in trees:
         with start_run(name):
             mlflow.set_tags({"model": name, "stage": "baselines"})
             mlflow.log_params({"model": name, "seed": params["seed"]})
-            mlflow.log_metric("test_accuracy", accuracy[name][0])
+            mlflow.log_metrics(test_metrics(name, 0))
             log_split_inputs(dataset.name, splits)
 
 

@@ -1,4 +1,5 @@
-"""Accuracy tables in the shape of the paper's Table 1 and per-sample explanation timings."""
+"""Accuracy tables in the shape of the paper's Table 1, ROC AUC of any model's scores, and per-sample
+explanation timings."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import statistics
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
+from ngsll.errors import InputError
 from ngsll.explain import sparse_explanation
-from ngsll.model import NGSLL
+from ngsll.model import NGSLL, DNNClassifier
+from ngsll.train import logits_of
 
 
 def _synchronize(device: torch.device) -> None:
@@ -62,6 +67,42 @@ def time_explanations(
         "ms_per_sample_single": statistics.fmean(single_ms),
         "ms_per_sample_single_std": statistics.pstdev(single_ms),
     }
+
+
+@torch.inference_mode()
+def model_logits(model: NGSLL | DNNClassifier, x: torch.Tensor, z: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    """(N, C) logits of ``model`` (evaluation mode) over x (N, ...) and z (N, d), in batches; C = 1 for binary."""
+    was_training = model.training
+    model.eval()
+    logits = [logits_of(model(x[i : i + batch_size], z[i : i + batch_size])).float().cpu()  # (B, C)
+              for i in range(0, len(z), batch_size)]
+    model.train(was_training)
+    return torch.cat(logits).numpy()
+
+
+def roc_auc(y: np.ndarray, scores: np.ndarray, task: str, probabilities: bool = False) -> float | None:
+    """Test ROC AUC of a classifier's scores, or None where it is undefined (a class absent from ``y``).
+
+    Args:
+        y: (N,) class indices.
+        scores: (N, C) logits / decision values, or class probabilities with ``probabilities``. Binary: C = 1
+            (the positive class's score) or C = 2 (its column 1 is used). Multi-class: C classes, turned into
+            probabilities by a softmax unless they are already; the AUC is the macro one-versus-rest mean.
+        task: ``binary`` or ``multiclass``.
+    """
+    if task not in ("binary", "multiclass"):
+        raise InputError(f"ROC AUC needs a classification task (binary | multiclass), got {task!r}")
+    if scores.ndim != 2 or len(scores) != len(y):
+        raise InputError(f"scores must have shape (N={len(y)}, C), got {scores.shape}")
+    num_classes = 2 if task == "binary" else scores.shape[1]
+    if len(np.unique(y)) < num_classes:
+        return None
+    if task == "binary":
+        return float(roc_auc_score(y, scores[:, -1]))
+    if not probabilities:
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))  # (N, C)
+        scores = shifted / shifted.sum(axis=1, keepdims=True)
+    return float(roc_auc_score(y, scores, multi_class="ovr", labels=np.arange(num_classes)))
 
 
 def format_table(
