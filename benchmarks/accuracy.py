@@ -13,7 +13,8 @@ experiment stays in ``dvc exp show`` / the MLflow UI afterwards.
     .venv/bin/python benchmarks/accuracy.py --datasets mnist10 fashion --seeds 0   # the examples outside `run`
 
 Prints one Markdown table per dataset: mean (± std) over seeds, the paper's number beside ours where the
-paper has one, and the device each figure was measured on.
+paper has one, and the device each figure was measured on; and the same for the test ROC AUC (tables'
+usual measure) where the evaluate stage could compute it.
 """
 
 from __future__ import annotations
@@ -41,9 +42,8 @@ PAPER = {
     },
 }
 # One epoch per phase: enough to exercise every stage of every seed in minutes, not to reach the paper.
-QUICK_OVERRIDES = [
-    f"defaults.{kind}.train.{phase}.max_epochs=1" for kind in ("image", "text") for phase in ("coarse", "fine", "dnn")
-]
+QUICK_OVERRIDES = [f"defaults.{kind}.train.{phase}.max_epochs=1"
+                   for kind in ("image", "text", "table") for phase in ("coarse", "fine", "dnn")]
 
 
 def target(dataset: str) -> str:
@@ -100,12 +100,13 @@ def collect(repo: Path, names: list[str], datasets: list[str]) -> dict[str, list
     return results
 
 
-def summary_table(dataset: str, runs: list[dict[str, Any]]) -> str:
-    """Markdown: one row per model, one column per K, ``mean (± std)`` over runs and ``[paper x]``."""
-    accuracy = [run["test_accuracy"] for run in runs]
+def summary_table(dataset: str, runs: list[dict[str, Any]], metric: str = "test_accuracy") -> str:
+    """Markdown: one row per model, one column per K, ``mean (± std)`` of ``metric`` (``test_accuracy`` or
+    ``test_auc``) over runs and, for accuracy, ``[paper x]``."""
+    accuracy = [run[metric] for run in runs]
     models = list(accuracy[0])
     ks = sorted({int(k) for row in accuracy[0].values() for k in row if k != "0"})
-    paper = PAPER.get(dataset, {})
+    paper = PAPER.get(dataset, {}) if metric == "test_accuracy" else {}
     lines = ["| model | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
     for model in models:
         cells = []
@@ -145,6 +146,9 @@ def main() -> None:
         mode = "quick (one epoch per phase)" if args.quick else "full"
         print(f"\n### {dataset}: test accuracy over seeds {seeds}, {mode}\n")
         print(summary_table(dataset, runs))
+        if all(run.get("test_auc") for run in runs):  # classification where every class is in the test split
+            print(f"\n### {dataset}: test ROC AUC over seeds {seeds}, {mode}\n")
+            print(summary_table(dataset, runs, "test_auc"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,135 @@
+"""Explanation cost per table row, measured side by side in one run: NGSLL versus TreeSHAP and LIME.
+
+* NGSLL: ms per row for the prediction **and** its top-K weights, one row at a time and batched (the
+  pipeline's fine checkpoints of a ``kind: table`` dataset).
+* TreeSHAP: ``shap.TreeExplainer`` (exact, path-dependent) on scikit-learn's ``GradientBoostingClassifier``
+  (100 trees of depth 3, the usual gradient-boosted model a credit team explains after the fact) fitted on
+  the same simplified rows z, one row at a time and batched; it attributes every feature, so its cost does
+  not depend on K (the top-K is one sort after).
+* LIME: the ``lime`` package's tabular explainer on the same gradient-boosted model, ``num_samples``
+  perturbations (LIME's default 5,000), ``num_features=K``.
+
+The gradient-boosted model's test accuracy and ROC AUC are printed beside NGSLL's, so the cost table
+says what each explainer explains. Uses the pipeline's prepared split and checkpoints::
+
+    .venv/bin/python benchmarks/table_cost.py --data-dir data/prepared/german --fine-dir models/german/fine
+    .venv/bin/python benchmarks/table_cost.py ... --quick     # 3 LIME explanations, 20 single rows
+
+TreeSHAP and LIME are the ``benchmarks`` extra (``pip install -e .[benchmarks]``); a missing package is
+reported and its rows left out. Timings are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import explain_one_pass, table, timed  # noqa: E402
+
+from ngsll.checkpoint import model_from_checkpoint  # noqa: E402
+from ngsll.evaluation import format_table, model_logits, roc_auc  # noqa: E402
+from ngsll.model import NGSLL  # noqa: E402
+
+Rows = dict[str, dict[int, tuple[float, float]]]
+
+
+def ngsll_rows(models: dict[int, NGSLL], x: np.ndarray, z: np.ndarray, samples: int) -> Rows:
+    """NGSLL's prediction + top-K weights: one row at a time (``samples`` rows), and the whole split batched."""
+    xs, zs = torch.from_numpy(x), torch.from_numpy(z)
+    single, batched = {}, {}
+    for k, model in models.items():
+        model.eval()
+        times = [timed(lambda i=i: explain_one_pass(model, xs[i : i + 1], zs[i : i + 1]), 1)[0] for i in range(samples)]
+        single[k] = (statistics.fmean(times), statistics.pstdev(times))
+        batched[k] = (timed(lambda: explain_one_pass(model, xs, zs), 5)[0] / len(zs), 0.0)
+    return {"NGSLL, 1 row": single, f"NGSLL, batch of {len(zs)} (per row)": batched}
+
+
+def tree_shap_rows(forest, z: np.ndarray, ks: list[int], samples: int) -> Rows:
+    """TreeSHAP of every feature, one row at a time and the split batched; the top-K is one sort after."""
+    import shap
+
+    explainer = shap.TreeExplainer(forest)
+
+    def explain(rows: np.ndarray) -> np.ndarray:
+        values = explainer.shap_values(rows)  # (n, d) attributions to the binary model's log-odds
+        return np.argsort(-np.abs(values), axis=1)[:, : max(ks)]  # (n, K) the K largest
+
+    times = [timed(lambda i=i: explain(z[i : i + 1]), 1)[0] for i in range(samples)]
+    single = (statistics.fmean(times), statistics.pstdev(times))
+    batched = (timed(lambda: explain(z), 3)[0] / len(z), 0.0)
+    return {"TreeSHAP on gradient boosting, 1 row": {k: single for k in ks},
+            f"TreeSHAP on gradient boosting, batch of {len(z)} (per row)": {k: batched for k in ks}}
+
+
+def lime_rows(forest, train_z: np.ndarray, z: np.ndarray, ks: list[int], samples: int, num_samples: int,
+              seed: int) -> Rows:
+    from lime.lime_tabular import LimeTabularExplainer
+
+    explainer = LimeTabularExplainer(train_z, mode="classification", random_state=seed)
+    row: dict[int, tuple[float, float]] = {}
+    for k in ks:
+        times = [timed(lambda i=i: explainer.explain_instance(z[i], forest.predict_proba, num_features=k,
+                                                              num_samples=num_samples), 1)[0]
+                 for i in range(samples)]
+        row[k] = (statistics.fmean(times), statistics.pstdev(times))
+    return {f"LIME tabular ({num_samples} samples) on gradient boosting": row}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, required=True, help="a table dataset's prepared folder")
+    parser.add_argument("--fine-dir", type=Path, required=True)
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5, 10])
+    parser.add_argument("--samples", type=int, default=100, help="test rows timed one at a time")
+    parser.add_argument("--lime-samples", type=int, default=20, help="test rows explained by LIME")
+    parser.add_argument("--num-samples", type=int, default=5000, help="LIME perturbations per explanation")
+    parser.add_argument("--quick", action="store_true", help="3 LIME explanations, 20 single rows")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.quick:
+        args.samples, args.lime_samples = 20, 3
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    torch.manual_seed(args.seed)
+    with np.load(args.data_dir / "test.npz") as test, np.load(args.data_dir / "train.npz") as train:
+        if "table_x" not in test.files:
+            raise SystemExit(f"{args.data_dir} is not a table dataset's prepared folder (no table_x in test.npz)")
+        x, z, y = test["table_x"], test["z"], test["y"]
+        train_z, train_y = train["z"], train["y"]
+    models = {k: model_from_checkpoint(torch.load(args.fine_dir / f"k{k}.pt", weights_only=True)) for k in args.ks}
+    task = models[args.ks[0]].args.task
+    if task != "binary":
+        raise SystemExit(f"TreeSHAP's rows here explain a binary model; {args.fine_dir} is {task}")
+    boosted = GradientBoostingClassifier(random_state=args.seed).fit(train_z, train_y)
+    quality = {"accuracy": {"gradient boosting": {0: float((boosted.predict(z) == y).mean())}},
+               "ROC AUC": {"gradient boosting": {0: roc_auc(y, boosted.predict_proba(z), task, probabilities=True)}}}
+    for k, model in models.items():
+        logits = model_logits(model, torch.from_numpy(x), torch.from_numpy(z))  # (N, 1)
+        quality["accuracy"].setdefault("NGSLL", {})[k] = float(((logits[:, 0] > 0) == y).mean())
+        quality["ROC AUC"].setdefault("NGSLL", {})[k] = roc_auc(y, logits, task)
+    rows = ngsll_rows(models, x, z, min(args.samples, len(z)))
+    explainers = {
+        "shap": lambda: tree_shap_rows(boosted, z, args.ks, min(args.samples, len(z))),
+        "lime": lambda: lime_rows(boosted, train_z, z, args.ks, min(args.lime_samples, len(z)), args.num_samples,
+                                  args.seed),
+    }
+    for package, measure in explainers.items():
+        try:
+            rows |= measure()
+        except ImportError as error:
+            print(f"{package} rows left out ({error}); install the benchmarks extra: pip install -e '.[benchmarks]'")
+    print(f"\n{args.data_dir}: {len(z)} test rows, {z.shape[1]} features; CPU threads: {torch.get_num_threads()}\n")
+    for name, values in quality.items():
+        print(format_table(values, args.ks, title=f"test {name}") + "\n")
+    print(table(rows, args.ks, reference="NGSLL, 1 row"))
+
+
+if __name__ == "__main__":
+    main()
