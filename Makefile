@@ -37,8 +37,10 @@ run: install
 	$(BIN)/dvc repro
 	@$(BIN)/python -c "import yaml; print('\\n'.join(open(f'reports/{d}/table.md').read() for d in yaml.safe_load(open('params.yaml'))['run']))"
 
+# Two workers, one module each at a time (--dist loadscope): test_pipeline.py's shared repository stays on one,
+# the other modules (servers, DDP, the failure-path repositories) run beside it on the second core.
 test: install
-	$(BIN)/python -m pytest -q -rs --durations=25
+	$(BIN)/python -m pytest -q -rs --durations=25 -n 2 --dist loadscope
 
 serve: install
 	$(BIN)/python -m $(SERVE_MODULE) start models/$(DATASET)/serve $(if $(MODEL),--model-uri $(MODEL))
