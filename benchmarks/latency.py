@@ -142,6 +142,18 @@ def captum_rows(dnn: torch.nn.Module, x: np.ndarray, ks: list[int], samples: int
     return rows
 
 
+def optional_rows(explainers: dict[str, Callable[[], dict[str, dict[int, tuple[float, float]]]]],
+                  ) -> dict[str, dict[int, tuple[float, float]]]:
+    """The rows each explainer package measures; a package that is not installed is reported, its rows left out."""
+    rows: dict[str, dict[int, tuple[float, float]]] = {}
+    for package, measure in explainers.items():
+        try:
+            rows |= measure()
+        except ImportError as error:
+            print(f"{package} rows left out ({error}); install the benchmarks extra: pip install -e '.[benchmarks]'")
+    return rows
+
+
 def table(rows: dict[str, dict[int, tuple[float, float]]], ks: list[int], reference: str) -> str:
     lines = ["| ms per explanation | " + " | ".join(f"K = {k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 1)]
     for name, values in rows.items():
@@ -182,11 +194,7 @@ def main() -> None:
     if args.dnn is not None:
         dnn = model_from_checkpoint(torch.load(args.dnn, weights_only=True))
         explainers["captum"] = lambda: captum_rows(dnn, x, args.ks, args.lime_samples, args.num_samples)
-    for package, measure in explainers.items():
-        try:
-            rows |= measure()
-        except ImportError as error:
-            print(f"{package} rows left out ({error}); install the benchmarks extra: pip install -e '.[benchmarks]'")
+    rows |= optional_rows(explainers)
     print(f"\nCPU threads: {torch.get_num_threads()}; NGSLL {args.samples} single samples, batch {args.batch}; "
           f"{args.lime_samples} explanations per explainer\n")
     print(table(rows, args.ks, reference="NGSLL, one-pass top-K, 1 sample"))

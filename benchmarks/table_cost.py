@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import explain_one_pass, table, timed  # noqa: E402
+from latency import explain_one_pass, optional_rows, table, timed  # noqa: E402
 
 from ngsll.checkpoint import model_from_checkpoint  # noqa: E402
 from ngsll.evaluation import format_table, model_logits, roc_auc  # noqa: E402
@@ -120,11 +120,7 @@ def main() -> None:
         "lime": lambda: lime_rows(boosted, train_z, z, args.ks, min(args.lime_samples, len(z)), args.num_samples,
                                   args.seed),
     }
-    for package, measure in explainers.items():
-        try:
-            rows |= measure()
-        except ImportError as error:
-            print(f"{package} rows left out ({error}); install the benchmarks extra: pip install -e '.[benchmarks]'")
+    rows |= optional_rows(explainers)
     print(f"\n{args.data_dir}: {len(z)} test rows, {z.shape[1]} features; CPU threads: {torch.get_num_threads()}\n")
     for name, values in quality.items():
         print(format_table(values, args.ks, title=f"test {name}") + "\n")

@@ -8,6 +8,7 @@ table with numbers, categories and missing values; tiny parameters keep it to a 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -332,51 +334,60 @@ def test_runs_are_model_training_runs_with_dataset_inputs_and_a_champion_per_dat
                                                              pipeline_repo).stdout.strip() == "commit"
 
 
+@contextlib.contextmanager
+def torchserve(repo: Path, dataset: str, *options: str) -> Iterator[tuple[str, str, str]]:
+    """``python -m ngsll_plugins.serve start models/<dataset>/serve [options]`` (what ``make serve`` runs):
+    yields the inference URL, its bearer token and the start command's output; stops the server after."""
+    from ngsll_plugins.torchserve import read_properties
+
+    serve_dir = repo / f"models/{dataset}/serve"
+    command = [sys.executable, "-m", "ngsll_plugins.serve"]
+    try:
+        started = subprocess.run([*command, "start", str(serve_dir), *options], cwd=repo, env=environment(repo),
+                                 capture_output=True, text=True, timeout=240)
+        assert started.returncode == 0, started.stderr[-3000:]
+        token = json.loads((serve_dir / "run/key_file.json").read_text())["inference"]["key"]
+        yield read_properties(serve_dir / "config/config.properties")["inference_address"], token, started.stdout
+    finally:
+        subprocess.run([*command, "stop", str(serve_dir)], cwd=repo, env=environment(repo), capture_output=True,
+                       timeout=120)
+
+
+def monitor(repo: Path, dataset: str) -> tuple[str, dict]:
+    """``python -m ngsll_plugins.monitor --dataset <dataset>`` over the captured answers: its output and drift.json."""
+    monitored = subprocess.run([sys.executable, "-m", "ngsll_plugins.monitor", "--dataset", dataset], cwd=repo,
+                               env=environment(repo), capture_output=True, text=True, timeout=240)
+    assert monitored.returncode == 0, monitored.stderr[-3000:]
+    return monitored.stdout, json.loads((repo / f"reports/{dataset}/monitor/drift.json").read_text())
+
+
 def test_make_serve_serves_a_registry_alias_with_the_packaged_config(pipeline_repo: Path) -> None:
     """`make serve MODEL=models:/ngsll-mnist@champion`: the archive is built from the registry, not the package."""
     from mlflow import MlflowClient
-
-    from ngsll_plugins.torchserve import read_properties
 
     client = MlflowClient(tracking_uri=f"sqlite:///{pipeline_repo / 'mlflow.db'}")
     champion = client.get_model_version_by_alias("ngsll-mnist", "champion")
     k1 = next(v for v in client.search_model_versions("name = 'ngsll-mnist'") if v.tags["k"] == "1")
     client.set_registered_model_alias("ngsll-mnist", "champion", k1.version)  # the package serves K = 3
     serve_dir = pipeline_repo / "models/mnist/serve"
-    command = [sys.executable, "-m", "ngsll_plugins.serve"]
     try:
-        started = subprocess.run([*command, "start", str(serve_dir), "--model-uri", "models:/ngsll-mnist@champion"],
-                                 cwd=pipeline_repo, env=environment(pipeline_repo), capture_output=True, text=True,
-                                 timeout=240)
-        assert started.returncode == 0, started.stderr[-3000:]
-        assert "models:/ngsll-mnist@champion" in started.stdout and "curl" in started.stdout
-        assert (serve_dir / "run/model-store/ngsll-mnist.mar").is_file()
-        token = json.loads((serve_dir / "run/key_file.json").read_text())["inference"]["key"]
-        url = read_properties(serve_dir / "config/config.properties")["inference_address"]
-        digit = (serve_dir / "sample/sample.png").read_bytes()
-        request = urllib.request.Request(f"{url}/predictions/ngsll-mnist", data=digit,
-                                         headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
+        with torchserve(pipeline_repo, "mnist", "--model-uri", "models:/ngsll-mnist@champion") as (url, token, said):
+            assert "models:/ngsll-mnist@champion" in said and "curl" in said
+            assert (serve_dir / "run/model-store/ngsll-mnist.mar").is_file()
+            digit = (serve_dir / "sample/sample.png").read_bytes()
+            request = urllib.request.Request(f"{url}/predictions/ngsll-mnist", data=digit,
+                                             headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read())
         assert answer["k"] == 1 and len(answer["weights"]) == 1  # the alias's model, not the packaged K = 3
         assert sum(w["contribution"] for w in answer["weights"]) == pytest.approx(answer["logit"], abs=1e-4)
     finally:
-        subprocess.run([*command, "stop", str(serve_dir)], cwd=pipeline_repo, env=environment(pipeline_repo),
-                       capture_output=True, timeout=120)
         client.set_registered_model_alias("ngsll-mnist", "champion", champion.version)
 
 
 def test_the_rgb_archive_served_by_torchserve_answers_a_png_with_three_classes(pipeline_repo: Path) -> None:
-    from ngsll_plugins.torchserve import read_properties
-
     serve_dir = pipeline_repo / "models/shapes/serve"
-    command = [sys.executable, "-m", "ngsll_plugins.serve"]
-    try:
-        started = subprocess.run([*command, "start", str(serve_dir)], cwd=pipeline_repo, env=environment(pipeline_repo),
-                                 capture_output=True, text=True, timeout=240)
-        assert started.returncode == 0, started.stderr[-3000:]
-        token = json.loads((serve_dir / "run/key_file.json").read_text())["inference"]["key"]
-        url = read_properties(serve_dir / "config/config.properties")["inference_address"]
+    with torchserve(pipeline_repo, "shapes") as (url, token, _):
         photo = io.BytesIO()  # a photo of another size than training's: converted by the archive's image spec
         Image.open(serve_dir / "sample/sample.png").resize((64, 50)).save(photo, format="PNG")
         for body in ((serve_dir / "sample/sample.png").read_bytes(), photo.getvalue()):
@@ -390,36 +401,22 @@ def test_the_rgb_archive_served_by_torchserve_answers_a_png_with_three_classes(p
             total = sum(w["contribution"] for w in answer["weights"])
             assert total == pytest.approx(answer["logits"][answer["label"]], abs=1e-4)
             assert np.asarray(answer["weight_map"]).shape == (3, 4, 4)  # one 4x4 grid per channel
-    finally:
-        subprocess.run([*command, "stop", str(serve_dir)], cwd=pipeline_repo, env=environment(pipeline_repo),
-                       capture_output=True, timeout=120)
     # the production config captured both answers; `monitor` reads them against the explain stage's reference
     reference = json.loads((pipeline_repo / "reports/shapes/explain/reference_profile.json").read_text())
     assert reference["model"] == "ngsll-shapes" and reference["samples"] > 0
     assert set(reference["class_shares"]) == {"blue", "green", "red"}
-    monitored = subprocess.run([sys.executable, "-m", "ngsll_plugins.monitor", "--dataset", "shapes"], cwd=pipeline_repo,
-                               env=environment(pipeline_repo), capture_output=True, text=True, timeout=240)
-    assert monitored.returncode == 0, monitored.stderr[-3000:]  # two explanations: too few to judge, nothing flagged
-    assert "too few explanations" in monitored.stdout
-    drift = json.loads((pipeline_repo / "reports/shapes/monitor/drift.json").read_text())
+    said, drift = monitor(pipeline_repo, "shapes")
+    assert "too few explanations" in said  # two explanations: too few to judge, nothing flagged
     assert drift["samples"] == 2 and drift["scan"]["bad_lines"] == 0 and drift["mlflow_run_id"]
 
 
 def test_the_table_archive_served_by_torchserve_explains_records_and_names_what_is_wrong(pipeline_repo: Path) -> None:
-    """The credit archive in a real TorchServe: a record (and a v1 batch with a gap) answered with named
-    features; each bad record a 400 naming the column, the good one beside it in the same batch still answered."""
-    from ngsll_plugins.torchserve import read_properties
-
-    serve_dir = pipeline_repo / "models/credit/serve"
-    command = [sys.executable, "-m", "ngsll_plugins.serve"]
-    sample = json.loads((serve_dir / "sample/sample.json").read_text())
-    try:
-        started = subprocess.run([*command, "start", str(serve_dir)], cwd=pipeline_repo, env=environment(pipeline_repo),
-                                 capture_output=True, text=True, timeout=240)
-        assert started.returncode == 0, started.stderr[-3000:]
-        token = json.loads((serve_dir / "run/key_file.json").read_text())["inference"]["key"]
-        url = read_properties(serve_dir / "config/config.properties")["inference_address"]
-
+    """The credit archive in a real TorchServe: a record and a v1 batch with a gap answered with named features;
+    a record with a missing or unknown column, a wrong type or an unseen category a 400 naming the column, after
+    which the worker still answers."""
+    sample = json.loads((pipeline_repo / "models/credit/serve/sample/sample.json").read_text())
+    names = json.loads((pipeline_repo / "data/prepared/credit/features.json").read_text())["feature_names"]
+    with torchserve(pipeline_repo, "credit") as (url, token, _):
         def post(payload: dict) -> tuple[int, dict]:
             request = urllib.request.Request(f"{url}/predictions/ngsll-credit", data=json.dumps(payload).encode(),
                                              headers={"Authorization": f"Bearer {token}",
@@ -430,7 +427,6 @@ def test_the_table_archive_served_by_torchserve_explains_records_and_names_what_
             except urllib.error.HTTPError as error:
                 return error.code, json.loads(error.read())
 
-        names = json.loads((pipeline_repo / "data/prepared/credit/features.json").read_text())["feature_names"]
         status, answer = post(sample)
         assert status == 200 and answer["label"] in ("bad", "good")
         assert 1 <= len(answer["weights"]) <= 3 and all(w["feature"] in names for w in answer["weights"])
@@ -442,17 +438,10 @@ def test_the_table_archive_served_by_torchserve_explains_records_and_names_what_
                             ({**sample, "housing": "castle"}, "housing")):
             status, error = post(bad)
             assert status == 400 and column in error["error"], error
-        status, answer = post(sample)  # the worker is still up and answers the good record the same
-        assert status == 200 and answer["label"] in ("bad", "good")
-    finally:
-        subprocess.run([*command, "stop", str(serve_dir)], cwd=pipeline_repo, env=environment(pipeline_repo),
-                       capture_output=True, timeout=120)
+        status, again = post(sample)
+        assert status == 200 and again["label"] == answer["label"]
     # the four answered records were captured with their named features, and `monitor` reads them
-    monitored = subprocess.run([sys.executable, "-m", "ngsll_plugins.monitor", "--dataset", "credit"],
-                               cwd=pipeline_repo, env=environment(pipeline_repo), capture_output=True, text=True,
-                               timeout=240)
-    assert monitored.returncode == 0, monitored.stderr[-3000:]
-    drift = json.loads((pipeline_repo / "reports/credit/monitor/drift.json").read_text())
+    _, drift = monitor(pipeline_repo, "credit")
     assert drift["samples"] == 4 and drift["scan"]["bad_lines"] == 0
     assert set(drift["class_shares"]["live"]) == {"bad", "good"}
 
