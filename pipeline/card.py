@@ -89,6 +89,7 @@ def context_for(dataset: DatasetSettings, params: dict, args: argparse.Namespace
     importance = read_json(args.explain_dir / "importance.json")
     info = read_json(args.info)
     accuracy = {name: {int(key): v for key, v in row.items()} for name, row in evaluation["test_accuracy"].items()}
+    auc = {name: {int(key): v for key, v in row.items()} for name, row in evaluation.get("test_auc", {}).items()}
     timing = evaluation["timing_ms_per_sample"]
     splits = {name: load_split(args.data_dir / f"{name}.npz") for name in ("train", "validation", "test")}
     tags = version_tags()
@@ -115,6 +116,7 @@ def context_for(dataset: DatasetSettings, params: dict, args: argparse.Namespace
         ],
         "training": [phase_row("coarse", coarse), phase_row(f"fine (K={fine['model_args']['k']})", fine)],
         "evaluation": {"table": format_table(accuracy, ks, title="test accuracy"),
+                       "auc_table": format_table(auc, ks, title="test ROC AUC") if auc else None,
                        "ngsll_accuracy": {key: accuracy["NGSLL"][key] for key in ks}},
         "interpretation": {"examples": examples(fine, splits["test"], features),
                            "classes": class_sections(importance, k, features),

@@ -182,6 +182,7 @@ def test_your_own_table_goes_from_its_csv_to_a_card_and_an_archive(pipeline_repo
     assert (pipeline_repo / "reports/credit/figures/rows.png").stat().st_size > 1000
     card = (pipeline_repo / "reports/credit/model_card.md").read_text()
     assert "[missing:" not in card and "predicted good" in card and "Gradient boosting" in card
+    assert "| test ROC AUC | K = 1 | K = 3 |" in card
     serve = pipeline_repo / "models/credit/serve"
     with zipfile.ZipFile(serve / "model-store/ngsll-credit.mar") as archive:
         assert {"encoder.json", "features.json", "ngsll_handler.py", "k3.pt"} <= set(archive.namelist())
