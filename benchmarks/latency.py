@@ -161,7 +161,8 @@ def table(rows: dict[str, dict[int, tuple[float, float]]], ks: list[int], refere
         for k in ks:
             mean, std = values[k]
             ratio = mean / rows[reference][k][0]
-            cells.append(f"{mean:.3f} ± {std:.3f} (×{ratio:,.0f})" if std else f"{mean:.3f} (×{ratio:,.1f})")
+            shown = f"{ratio:,.0f}" if ratio >= 10 else f"{ratio:.2g}"  # ×1,039 or ×0.25
+            cells.append(f"{mean:.3f} ± {std:.3f} (×{shown})" if std else f"{mean:.3f} (×{shown})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
