@@ -1,7 +1,8 @@
 """Stage `validate_prepared`: Great Expectations gate on the prepared splits before training.
 
 Every split non-empty, z in [0, 1] (text word counts: >= 0; tables: finite standardised values and one-hots), stored masks equal to (z == 0), the expected
-number of features, labels in the class set, each class's share within ``validate.class_share_tolerance``
+number of features, labels in the class set (a regression target: present in every row; standardised by
+`prepare`), each class's share within ``validate.class_share_tolerance``
 of ``validate.class_share`` where one is given (MNIST: half the digits are 5-9), train and validation ids
 disjoint.
 """
@@ -34,7 +35,10 @@ def main() -> None:
     dataset = dataset_settings(load_params(args.params), args.dataset)
     features = read_json(args.data_dir / "features.json")
     classes = features["class_names"]
+    regression = features.get("task") == "regression"
     expected_shares = dataset.validate.get("class_share") or {}
+    if regression and expected_shares:
+        raise ConfigError(f"datasets.{args.dataset}.validate.class_share is for classes; the task is regression")
     unknown = sorted(set(expected_shares) - set(classes))
     if unknown:
         raise ConfigError(f"datasets.{args.dataset}.validate.class_share names {unknown}, which are not classes {classes}")
@@ -46,7 +50,7 @@ def main() -> None:
         with np.load(args.data_dir / f"{split}.npz") as stored:
             frames[split] = frame = prepared_frame(stored["z"], stored["mask"], stored["y"], stored["ids"], split)
         checks = prepared_checks(num_features=len(features["feature_names"]), class_share=None, tolerance=0.0,
-                                 num_classes=len(classes), z_max=z_max, z_min=z_min)
+                                 num_classes=None if regression else len(classes), z_max=z_max, z_min=z_min)
         batches[split] = (frame, checks)
         for name, share in expected_shares.items():  # one indicator column per class with an expected share
             index = classes.index(name)

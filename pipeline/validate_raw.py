@@ -13,6 +13,9 @@ input column present, missing values at most ``validate.max_missing_share`` of e
 when ``data.missing`` is ``fail``), numeric ``validate.ranges`` and categorical ``validate.categories``,
 every class at least ``validate.min_class_share`` of the rows.
 
+Regression (``data.task: regression``, every kind): instead of the class checks, a label in every row and,
+where ``validate.label_range`` ([low, high]) is given, within it.
+
 On failure: a short summary naming the failing rows by id, the full result as JSON and HTML, and a
 non-zero exit that stops `dvc repro`.
 """
@@ -23,6 +26,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ngsll.config import DatasetSettings, dataset_settings
 from ngsll.data.table import RawTable
@@ -43,14 +47,18 @@ def image_gate(dataset: DatasetSettings, raw: Path, report: Path, html: Path) ->
     height, width = int(train_images.shape[1]), int(train_images.shape[2])
     channels = int(train_images.shape[3]) if train_images.ndim == 4 else 1
     labels = settings.get("labels")
-    expected = sorted({label_text(v) for v in (labels or arrays["train_labels"])} - {None})
+    regression = dataset.data.get("task") == "regression"
+    expected = None if regression else sorted({label_text(v) for v in (labels or arrays["train_labels"])} - {None})
     batches = {}
     for split in splits:
         frame = raw_image_frame(arrays[f"{split}_images"], arrays[f"{split}_labels"], split, arrays.get(f"{split}_files"))
+        if regression:  # a real-valued target, checked as a number
+            frame["label"] = pd.to_numeric(frame["label"], errors="coerce")
         low, high = settings["rows"].get(split, [1, None])
-        batches[split] = (frame, raw_checks(expected, int(low), int(high) if high else None, height, width, channels))
+        batches[split] = (frame, raw_checks(expected, int(low), int(high) if high else None, height, width, channels,
+                                            settings.get("label_range")))
         share = float(settings.get("min_class_share") or 0.0)
-        if share > 0:
+        if share > 0 and not regression:
             batches[f"{split} class shares"] = (class_share_frame(frame["label"]), class_share_checks(share))
     finish_gate(run_checks(batches, suite_name=f"raw_{dataset.name}"), report, html, f"validate_raw ({dataset.name})")
 
@@ -63,7 +71,9 @@ def text_gate(dataset: DatasetSettings, raw: Path, info: Path, report: Path, htm
     dropped = {"policy": "rows_without_words: drop", "reason": "no word token", "count": len(drop),
                "rows": [{"id": int(i), "value": corpus["text"][row]} for row, i in zip(drop.index, drop["id"])]}
     rows = settings["rows"]
-    checks = raw_text_checks(len(read_json(info)["class_names"]), int(rows["min"]), int(rows["max"]))
+    note = read_json(info)
+    classes = None if note.get("task") == "regression" else len(note["class_names"])
+    checks = raw_text_checks(classes, int(rows["min"]), int(rows["max"]), settings.get("label_range"))
     result = run_checks({dataset.name: (frame.drop(index=drop.index), checks)}, suite_name=f"raw_{dataset.name}")
     finish_gate(result, report, html, f"validate_raw ({dataset.name})", dropped if len(drop) else None)
 
@@ -73,12 +83,12 @@ def table_gate(dataset: DatasetSettings, raw: Path, info: Path, report: Path, ht
     table = RawTable.read_csv(raw / "table.csv", read_json(info))
     rows = settings["rows"]
     share = 0.0 if dataset.data.get("missing", "impute") == "fail" else float(settings.get("max_missing_share", 0.0))
-    checks = raw_table_checks(len(table.class_names), int(rows["min"]), int(rows["max"]) if rows.get("max") else None,
-                              [*table.numeric, *table.categorical], share, settings.get("ranges"),
-                              settings.get("categories"))
+    checks = raw_table_checks(None if table.regression else len(table.class_names), int(rows["min"]),
+                              int(rows["max"]) if rows.get("max") else None, [*table.numeric, *table.categorical],
+                              share, settings.get("ranges"), settings.get("categories"), settings.get("label_range"))
     batches = {dataset.name: (table.frame, checks)}
     minimum = float(settings.get("min_class_share") or 0.0)
-    if minimum > 0:
+    if minimum > 0 and not table.regression:
         batches["class shares"] = (class_share_frame(table.frame["label_name"]), class_share_checks(minimum))
     finish_gate(run_checks(batches, suite_name=f"raw_{dataset.name}"), report, html, f"validate_raw ({dataset.name})")
 

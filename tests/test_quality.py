@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from ngsll.errors import ConfigError
 from ngsll.quality import (
-    class_share_checks, class_share_frame, disjoint_checks, prepared_checks, prepared_frame, raw_checks, raw_image_frame, run_checks,
+    class_share_checks, class_share_frame, disjoint_checks, label_checks, prepared_checks, prepared_frame, raw_checks,
+    raw_image_frame, run_checks,
 )
 
 pytest.importorskip("great_expectations")
@@ -100,3 +104,31 @@ def test_a_class_with_too_small_a_share_fails_its_gate() -> None:
     assert run_checks({"shares": (frame, class_share_checks(0.005))}, "shares").success
     report = run_checks({"shares": (frame, class_share_checks(0.05))}, "shares")
     assert not report.success and "column=share" in report.summary()
+
+
+def test_the_same_data_gives_a_byte_identical_report() -> None:
+    """GX stamps each run with random ids and clocks; the stored report drops them, so re-running a gate on
+    unchanged data leaves its report (a dependency of training in dvc.yaml) unchanged."""
+    batch = {"train": (raw_image_frame(*good_images(), "train"), checks())}
+    first, second = (json.dumps(run_checks(batch, "raw").results, sort_keys=True) for _ in range(2))
+    assert first == second
+    assert "validation_time" not in first and "ge_load_time" not in first
+
+
+def test_a_regression_target_is_checked_for_presence_and_range_not_classes() -> None:
+    frame = pd.DataFrame({"id": range(4), "label": [0.5, 12.25, -3.0, 7.0]})
+    assert run_checks({"ok": (frame, label_checks(None, [-5.0, None]))}, "r").success  # no class set to match
+    bad = frame.assign(label=[0.5, np.nan, -30.0, 7.0])
+    report = run_checks({"bad": (bad, label_checks(None, [-5.0, 20.0]))}, "r")
+    assert {f["expectation"] for f in report.failures} == {"expect_column_values_to_not_be_null",
+                                                           "expect_column_values_to_be_between"}
+    assert "id=[2]" in report.summary()  # the out-of-range row, named
+    with pytest.raises(ConfigError, match=r"\[low, high\]"):
+        label_checks(None, [1.0])
+    z = np.array([[0.5, 0.0], [0.2, 0.1]])
+    prepared = prepared_checks(num_features=2, class_share=None, tolerance=0.0, num_classes=None)
+    assert run_checks({"p": (prepared_frame(z, z == 0, np.array([-1.3, 0.7]), np.arange(2), "train"), prepared)},
+                      "p").success
+    classes = prepared_checks(num_features=2, class_share=None, tolerance=0.0, num_classes=2)
+    assert not run_checks({"p": (prepared_frame(z, z == 0, np.array([-1.3, 0.7]), np.arange(2), "train"), classes)},
+                          "p").success

@@ -160,6 +160,8 @@ def test_text_model_args_come_from_params_and_prepared_features() -> None:
     args = model_args(settings, features, kind="dnn")
     assert (args.task, args.num_classes, args.num_features, args.vocab_size, args.kind) == ("multiclass", 3, 3, 7, "dnn")
     assert (args.embedding_dim, args.hidden_units) == (4, 6)
+    regression = model_args(settings, {**features, "task": "regression", "class_names": []})
+    assert (regression.task, regression.num_classes) == ("regression", 1)
     with pytest.raises(ConfigError, match="unknown dataset"):
         dataset_settings(params, "imdb")
     del params["datasets"]["tiny"]["serve"]

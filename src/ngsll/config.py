@@ -113,16 +113,18 @@ def model_args(
     """ModelArgs of a dataset's models, sized by its prepared ``features.json``.
 
     ``features`` holds ``feature_names`` and ``class_names`` (binary for two classes, multi-class
-    otherwise), plus ``image`` (``height``, ``width``, ``channels``) for images,
-    ``sequence_vocabulary_size`` for text, or ``table`` (``numeric_inputs``, ``category_sizes``) for tables.
+    otherwise; ``task: regression`` marks a real-valued target: one output, squared loss), plus ``image``
+    (``height``, ``width``, ``channels``) for images, ``sequence_vocabulary_size`` for text, or ``table``
+    (``numeric_inputs``, ``category_sizes``) for tables.
     """
     model, coarse = settings.model, settings.train["coarse"]
-    num_classes = len(features["class_names"])
+    regression = features.get("task") == "regression"
+    num_classes = 1 if regression else len(features["class_names"])
     common = dict(
         kind=kind, hidden_layers=int(model["hidden_layers"]), hidden_units=int(model["hidden_units"]),
         k=int(k if k is not None else coarse["k"]), tau=float(coarse["tau"]), use_gate=use_gate,
         mask_zero_features=bool(model.get("mask_zero_features", True)),
-        task="binary" if num_classes == 2 else "multiclass", num_classes=num_classes,
+        task="regression" if regression else "binary" if num_classes == 2 else "multiclass", num_classes=num_classes,
         num_features=len(features["feature_names"]),
     )
     if settings.kind == "image":

@@ -96,33 +96,47 @@ def rows_to_drop(frame: pd.DataFrame, column: str, minimum: float, policy: str) 
     return frame[frame[column] < minimum] if policy == "drop" else frame.iloc[:0]
 
 
-def raw_text_checks(num_classes: int, min_rows: int, max_rows: int) -> list[Check]:
-    """Expectations for a raw corpus: row count, labels in range with every class present, no empty
-    sentence, unique ids, split values train/test or none."""
-    classes = list(range(num_classes))
+def label_checks(labels: list | None, label_range: list[float | None] | None = None) -> list[Check]:
+    """Expectations on a ``label`` column: present in every row, and either within the class ``labels`` with
+    every class present (classification) or, for a real-valued target (``labels`` None: regression), within
+    ``label_range`` ([low, high], None: open) where one is given."""
+    checks: list[Check] = [("ExpectColumnValuesToNotBeNull", {"column": "label"})]
+    if labels is not None:
+        return checks + [("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": list(labels)}),
+                         ("ExpectColumnDistinctValuesToContainSet", {"column": "label", "value_set": list(labels)})]
+    if label_range:
+        if len(label_range) != 2:
+            raise ConfigError(f"a label range is [low, high] (null: open), got {label_range!r}")
+        low, high = label_range
+        checks.append(("ExpectColumnValuesToBeBetween", {"column": "label", "min_value": low, "max_value": high}))
+    return checks
+
+
+def raw_text_checks(num_classes: int | None, min_rows: int, max_rows: int,
+                    label_range: list[float | None] | None = None) -> list[Check]:
+    """Expectations for a raw corpus: row count, labels in range with every class present (``num_classes``
+    None: a real-valued target, within ``label_range`` if given), no empty sentence, unique ids, split values
+    train/test or none."""
     return [
         ("ExpectTableRowCountToBeBetween", {"min_value": min_rows, "max_value": max_rows}),
-        ("ExpectColumnValuesToNotBeNull", {"column": "label"}),
-        ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": classes}),
-        ("ExpectColumnDistinctValuesToContainSet", {"column": "label", "value_set": classes}),
+        *label_checks(None if num_classes is None else list(range(num_classes)), label_range),
         ("ExpectColumnValuesToBeBetween", {"column": "tokens", "min_value": 1, "max_value": None}),
         ("ExpectColumnValuesToBeUnique", {"column": "id"}),
         ("ExpectColumnValuesToBeInSet", {"column": "split", "value_set": ["train", "test", ""]}),
     ]
 
 
-def raw_table_checks(num_classes: int, min_rows: int, max_rows: int | None, columns: list[str],
+def raw_table_checks(num_classes: int | None, min_rows: int, max_rows: int | None, columns: list[str],
                      max_missing_share: float, ranges: dict[str, list[float | None]] | None = None,
-                     categories: dict[str, list[str]] | None = None) -> list[Check]:
-    """Expectations for a raw table: row count, labels in range with every class present, unique ids, split
-    values, every input column present with at most ``max_missing_share`` missing (0: none may be missing),
-    numeric ``ranges`` ({column: [low, high]}, None: open) and categorical ``categories`` ({column: values})."""
-    classes = list(range(num_classes))
+                     categories: dict[str, list[str]] | None = None,
+                     label_range: list[float | None] | None = None) -> list[Check]:
+    """Expectations for a raw table: row count, labels in range with every class present (``num_classes``
+    None: a real-valued target, within ``label_range`` if given), unique ids, split values, every input
+    column present with at most ``max_missing_share`` missing (0: none may be missing), numeric ``ranges``
+    ({column: [low, high]}, None: open) and categorical ``categories`` ({column: values})."""
     checks: list[Check] = [
         ("ExpectTableRowCountToBeBetween", {"min_value": min_rows, "max_value": max_rows}),
-        ("ExpectColumnValuesToNotBeNull", {"column": "label"}),
-        ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": classes}),
-        ("ExpectColumnDistinctValuesToContainSet", {"column": "label", "value_set": classes}),
+        *label_checks(None if num_classes is None else list(range(num_classes)), label_range),
         ("ExpectColumnValuesToBeUnique", {"column": "id"}),
         ("ExpectColumnValuesToBeInSet", {"column": "split", "value_set": ["train", "test", ""]}),
     ]
@@ -136,14 +150,14 @@ def raw_table_checks(num_classes: int, min_rows: int, max_rows: int | None, colu
     return checks
 
 
-def raw_checks(labels: list[str], min_rows: int, max_rows: int, height: int, width: int, channels: int) -> list[Check]:
-    """Expectations for one raw image split: row count, labels in the set with every label present, one
-    image size and channel count, pixels finite in 0-255, unique ids."""
+def raw_checks(labels: list[str] | None, min_rows: int, max_rows: int, height: int, width: int, channels: int,
+               label_range: list[float | None] | None = None) -> list[Check]:
+    """Expectations for one raw image split: row count, labels in the set with every label present (``labels``
+    None: a real-valued target, within ``label_range`` if given), one image size and channel count, pixels
+    finite in 0-255, unique ids."""
     return [
         ("ExpectTableRowCountToBeBetween", {"min_value": min_rows, "max_value": max_rows}),
-        ("ExpectColumnValuesToNotBeNull", {"column": "label"}),
-        ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": list(labels)}),
-        ("ExpectColumnDistinctValuesToContainSet", {"column": "label", "value_set": list(labels)}),
+        *label_checks(labels, label_range),
         ("ExpectColumnValuesToBeInSet", {"column": "height", "value_set": [height]}),
         ("ExpectColumnValuesToBeInSet", {"column": "width", "value_set": [width]}),
         ("ExpectColumnValuesToBeInSet", {"column": "channels", "value_set": [channels]}),
@@ -167,12 +181,13 @@ def class_share_checks(min_share: float) -> list[Check]:
 
 
 def prepared_checks(
-    num_features: int, class_share: float | None, tolerance: float, num_classes: int, z_max: float | None = 1.0,
+    num_features: int, class_share: float | None, tolerance: float, num_classes: int | None, z_max: float | None = 1.0,
     z_min: float | None = 0.0,
 ) -> list[Check]:
     """Expectations for one prepared split: non-empty, z in [z_min, z_max] (None: unbounded, e.g. word
-    counts above, standardised table columns on both sides), masks match z, d, labels in the class set, and
-    (unless ``class_share`` is None) the mean label within ``tolerance`` of ``class_share``."""
+    counts above, standardised table columns on both sides), masks match z, d, labels in the class set
+    (``num_classes`` None: a real-valued target, present in every row), and (unless ``class_share`` is None)
+    the mean label within ``tolerance`` of ``class_share``."""
     bounded = z_min is not None or z_max is not None
     checks: list[Check] = [
         ("ExpectTableRowCountToBeBetween", {"min_value": 1, "max_value": None}),
@@ -181,6 +196,7 @@ def prepared_checks(
         ("ExpectColumnValuesToNotBeNull", {"column": "z_min"}),  # NaN rows (e.g. a failed standardisation)
         ("ExpectColumnValuesToBeInSet", {"column": "mask_consistent", "value_set": [True]}),
         ("ExpectColumnValuesToBeInSet", {"column": "num_features", "value_set": [num_features]}),
+        ("ExpectColumnValuesToNotBeNull", {"column": "label"}) if num_classes is None else
         ("ExpectColumnValuesToBeInSet", {"column": "label", "value_set": list(range(num_classes))}),
     ]
     if class_share is not None:
@@ -257,6 +273,21 @@ def _observed(result: dict[str, Any]) -> str:
     return ""
 
 
+VOLATILE_META = ("validation_id", "run_id", "validation_time")  # GX's per-run identifiers and clocks
+
+
+def reproducible(result: dict[str, Any]) -> dict[str, Any]:
+    """A GX validation result without what changes from run to run on the same data (random expectation ids,
+    run ids, timestamps, the batch load time): the same data and checks give byte-identical reports, so DVC
+    sees an unchanged gate report and does not retrain on it."""
+    meta = {key: value for key, value in result.get("meta", {}).items() if key not in VOLATILE_META}
+    if "batch_markers" in meta:
+        meta["batch_markers"] = {key: value for key, value in meta["batch_markers"].items() if key != "ge_load_time"}
+    items = [{**item, "expectation_config": {key: value for key, value in item["expectation_config"].items()
+                                             if key != "id"}} for item in result["results"]]
+    return {**result, "meta": meta, "results": items}
+
+
 def run_checks(batches: dict[str, tuple[pd.DataFrame, list[Check]]], suite_name: str) -> QualityReport:
     """Validate each named ``(frame, checks)`` batch with Great Expectations (ephemeral context).
 
@@ -281,7 +312,8 @@ def run_checks(batches: dict[str, tuple[pd.DataFrame, list[Check]]], suite_name:
         validation = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{suite_name}_{batch_name}", data=definition, suite=suite)
         )
-        result = validation.run(batch_parameters={"dataframe": frame}, result_format=result_format).to_json_dict()
+        result = reproducible(validation.run(batch_parameters={"dataframe": frame},
+                                             result_format=result_format).to_json_dict())
         report.results[batch_name] = result
         for item in result["results"]:
             if not item["success"]:

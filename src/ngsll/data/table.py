@@ -42,6 +42,12 @@ class RawTable:
     class_names: list[str]
     label_column: str
     inferred: dict[str, str] = field(default_factory=dict)
+    task: str = "classification"
+
+    @property
+    def regression(self) -> bool:
+        """A real-valued target (``task: regression``): ``label`` holds the value, there are no classes."""
+        return self.task == "regression"
 
     def schema(self) -> dict[str, Any]:
         """What the later stages read back from the fetch note."""
@@ -54,10 +60,12 @@ class RawTable:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         for column in schema["numeric"]:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
-        frame["id"], frame["label"] = frame["id"].astype(np.int64), frame["label"].astype(np.int64)
+        task = schema.get("task", "classification")
+        frame["id"] = frame["id"].astype(np.int64)
+        frame["label"] = frame["label"].astype(np.float64 if task == "regression" else np.int64)
         frame["split"] = frame["split"].fillna("")
         return cls(frame, list(schema["numeric"]), list(schema["categorical"]), list(schema["class_names"]),
-                   schema["label_column"], dict(schema.get("inferred") or {}))
+                   schema["label_column"], dict(schema.get("inferred") or {}), task)
 
     def write_csv(self, path: str | Path) -> None:
         self.frame.to_csv(path, index=False)
