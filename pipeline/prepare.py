@@ -8,7 +8,8 @@ without stopwords and rare words, built on the training split only, plus the enc
 Tables: seeded stratified splits (or the split column's test rows), the encoder fitted on the training rows
 (means and deviations, categories, missing indicators; ``data.missing``), x = numbers then category codes,
 z = standardised numbers, indicators and one-hot categories, named ``age``, ``age is missing``,
-``housing=own``. The summary JSON holds the split sizes (and for text the vocabulary sizes next to the paper's).
+``housing=own``. A regression target (``data.task: regression``; text and tables are split by its
+quantile bins) is standardised over the training rows; its scale goes into features.json. The summary JSON holds the split sizes (and for text the vocabulary sizes next to the paper's).
 """
 
 from __future__ import annotations
@@ -22,13 +23,33 @@ import numpy as np
 
 from ngsll.config import DatasetSettings, dataset_settings
 from ngsll.data.images import RawImages, image_splits
+from ngsll.data.labels import target_strata
 from ngsll.data.table import RawTable
 from ngsll.data.text import TextCorpus, split_indices, stratified_splits
 from ngsll.table import TableEncoder
+from ngsll.target import TargetScale
 from ngsll.text import TextEncoder
 from stage_io import (
     atomic_output, load_params, log, one_line_errors, read_json, require_passed, save_split, setup_logging, write_json,
 )
+
+
+def training_targets(labels: np.ndarray, scale: TargetScale | None) -> np.ndarray:
+    """(N,) what the models train on: class indices as they are, a regression target standardised."""
+    return labels.astype(np.int64) if scale is None else scale.standardise(labels)
+
+
+def target_features(scale: TargetScale | None) -> dict[str, Any]:
+    """features.json's keys for a regression target (the task and its scale); none for classes."""
+    return {} if scale is None else {"task": "regression", "target": scale.to_dict()}
+
+
+def label_summary(labels: np.ndarray, class_names: list[str]) -> str:
+    """Class shares of a split, or a regression target's mean and deviation (in its own units)."""
+    if not class_names:
+        return f"target mean {labels.mean():.4g}, std {labels.std():.4g}"
+    shares = np.bincount(labels.astype(np.int64), minlength=len(class_names)) / len(labels)
+    return f"class shares {np.round(shares, 3).tolist()}"
 
 
 def prepare_images(dataset: DatasetSettings, params: dict[str, Any], raw: Path, out_dir: Path) -> dict[str, Any]:
@@ -41,8 +62,8 @@ def prepare_images(dataset: DatasetSettings, params: dict[str, Any], raw: Path, 
         for name, split in splits.items():
             save_split(out_dir / f"{name}.npz", split)
             writer.writerows(zip([name] * len(split.y), split.ids.tolist(), split.source_labels.tolist(), split.y.tolist()))
-            shares = np.bincount(split.y, minlength=len(mapping.class_names)) / len(split.y)
-            log.info("%s: %d images, class shares %s", name, len(split.y), np.round(shares, 3).tolist())
+            labels = mapping.target.restore(split.y) if mapping.regression else split.y
+            log.info("%s: %d images, %s", name, len(split.y), label_summary(labels, mapping.class_names))
     rows, cols = spec.grid
     values = "per channel" if spec.cell_values == "channels" and spec.channels == 3 else "of luminance" if spec.channels == 3 else ""
     write_json(out_dir / "features.json", {
@@ -50,6 +71,7 @@ def prepare_images(dataset: DatasetSettings, params: dict[str, Any], raw: Path, 
         "feature_names": spec.feature_names,
         "class_names": mapping.class_names,
         "classes": {name: [str(label) for label in members] for name, members in zip(mapping.class_names, mapping.members)},
+        **target_features(mapping.target),
         "image": spec.to_dict(),
         "representation": {"x": f"pixels / 255, shape ({spec.channels}, {spec.height}, {spec.width})",
                            "z": f"{rows}x{cols} cell means {values}".strip()},
@@ -65,6 +87,8 @@ def prepare_text(dataset: DatasetSettings, raw: Path, info: Path, checked: Path,
     if dropped:
         log.info("left out %d row(s) the gate dropped: ids %s", len(dropped), dropped[:20])
     indices = split_indices(corpus, seed, float(data["validation_fraction"]), float(data["test_fraction"]))
+    scale = TargetScale.fit(data.get("label_column", "label"), corpus.labels[indices["train"]]) \
+        if corpus.regression else None
     texts = {name: [corpus.texts[i] for i in rows] for name, rows in indices.items()}
     encoder = TextEncoder.fit(
         texts["train"], stopwords=data["stopwords"], min_count=int(data["min_count"]),
@@ -73,7 +97,7 @@ def prepare_text(dataset: DatasetSettings, raw: Path, info: Path, checked: Path,
     )
     sizes = {}
     for name, rows in indices.items():
-        split = encoder.split(texts[name], corpus.labels[rows], corpus.ids[rows])
+        split = encoder.split(texts[name], training_targets(corpus.labels[rows], scale), corpus.ids[rows])
         save_split(out_dir / f"{name}.npz", split)
         sizes[name] = len(rows)
         empty = int((split.z.sum(axis=1) == 0).sum())
@@ -83,6 +107,7 @@ def prepare_text(dataset: DatasetSettings, raw: Path, info: Path, checked: Path,
         "kind": "text",
         "feature_names": encoder.vocabulary.words,
         "class_names": corpus.class_names,
+        **target_features(scale),
         "sequence_vocabulary_size": len(encoder.sequences),
         "sequence_length": encoder.length,
         "representation": {"x": f"token ids (0 padding, 1 unknown), length {encoder.length}",
@@ -100,20 +125,21 @@ def prepare_table(dataset: DatasetSettings, raw: Path, info: Path, out_dir: Path
     table = RawTable.read_csv(raw / "table.csv", schema)
     frame = table.frame
     official = frame["split"].to_numpy() if (frame["split"] != "").any() else None
-    indices = stratified_splits(frame["label"].to_numpy(), official, seed, float(data["validation_fraction"]),
-                                float(data["test_fraction"]), what="rows")
+    labels = frame["label"].to_numpy()
+    indices = stratified_splits(target_strata(labels) if table.regression else labels, official, seed,
+                                float(data["validation_fraction"]), float(data["test_fraction"]), what="rows")
+    scale = TargetScale.fit(table.label_column, labels[indices["train"]]) if table.regression else None
     encoder = TableEncoder.fit(frame.iloc[indices["train"]], table.numeric, table.categorical,
                                policy=data.get("missing", "impute"), label=table.label_column)
     sizes, unseen = {}, {}
     for name, rows in indices.items():
         part = frame.iloc[rows]
-        split = encoder.split(part, part["label"].to_numpy(np.int64), part["id"].to_numpy(np.int64))
+        split = encoder.split(part, training_targets(labels[rows], scale), part["id"].to_numpy(np.int64))
         save_split(out_dir / f"{name}.npz", split)
         sizes[name] = len(rows)
         unseen[name] = {column: int((~part[column].isna() & ~part[column].isin(values)).sum())
                         for column, values in encoder.categories.items()}
-        shares = np.bincount(split.y, minlength=len(table.class_names)) / len(split.y)
-        log.info("%s: %d rows, class shares %s", name, len(rows), np.round(shares, 3).tolist())
+        log.info("%s: %d rows, %s", name, len(rows), label_summary(labels[rows], table.class_names))
     for name, counts in unseen.items():
         if any(counts.values()):
             log.warning("%s: categories not seen in training (encoded as all-zero one-hots): %s", name,
@@ -123,6 +149,7 @@ def prepare_table(dataset: DatasetSettings, raw: Path, info: Path, out_dir: Path
         "kind": "table",
         "feature_names": encoder.feature_names,
         "class_names": table.class_names,
+        **target_features(scale),
         "table": {"columns": encoder.columns, "numeric": table.numeric, "categorical": table.categorical,
                   "numeric_inputs": encoder.numeric_inputs, "category_sizes": encoder.category_sizes,
                   "label_column": table.label_column, "inferred": table.inferred},

@@ -130,8 +130,9 @@ def test_tasks_map_labels_to_classes_and_refuse_what_they_cannot_take() -> None:
         raw.check({"task": "binary", "grid": 2}, "datasets.d")
     with pytest.raises(ConfigError, match="a grid of 3x3 cells does not fit images of 8x8 pixels"):
         raw.check({"grid": 3}, "datasets.d")
-    with pytest.raises(ConfigError, match="regression is not supported by the pipeline yet"):
-        raw.check({"task": "regression", "grid": 2}, "datasets.d")
+    with pytest.raises(LabelError, match=r"finite number in every row for task: regression; rows \[0\]"):
+        RawImages.from_arrays({**stored, "train_labels": np.array(["x", *range(29)], dtype=object)}).check(
+            {"task": "regression", "grid": 2}, "datasets.d")
     one_class = RawImages.from_arrays({**stored, "train_labels": np.zeros(30, dtype=int)})
     with pytest.raises(ImageDataError, match="only one class"):
         one_class.check({"grid": 2}, "datasets.d")

@@ -17,7 +17,8 @@ colour files instead.
 
 Tasks: ``binary`` or ``multiclass``, with classes either the distinct labels (sorted; ``class_names`` may
 name them in that order) or ``classes``, a mapping class name -> list of labels (MNIST's ``0-4``/``5-9``).
-A numeric label that looks continuous is refused with a pointer to ``task: regression``.
+A numeric label that looks continuous is refused with a pointer to ``task: regression``, under which the labels
+are real values (finite numbers in every row; no classes), standardised over the training split.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ngsll.data.labels import check_class_labels
+from ngsll.data.labels import check_class_labels, numeric_target
 from ngsll.errors import ConfigError, DataSourceError
 from ngsll.simplify import cell_names, check_grid, downsample, feature_channels
+from ngsll.target import TargetScale
 
 IMAGE_SOURCES = ("wheel", "zarr", "idx", "npz", "folder", "parquet")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -262,12 +264,23 @@ def _split_decoded(decoder: ImageDecoder, blobs, names, labels, splits, where: s
 
 @dataclass
 class ClassMapping:
-    """Labels as stored -> class index. ``class_names[i]`` names class i; ``members[i]`` its stored labels."""
+    """Labels as stored -> class index. ``class_names[i]`` names class i; ``members[i]`` its stored labels.
+    A regression task has no classes: ``target`` is the scale its values are standardised with."""
 
     class_names: list[str]
     members: list[list[Any]]
+    target: TargetScale | None = None
+
+    @property
+    def regression(self) -> bool:
+        return not self.class_names
 
     def indices(self, labels: np.ndarray, split: str) -> np.ndarray:
+        """(N,) int64 class indices of stored labels, or for regression (N,) float32 standardised values."""
+        if self.regression:
+            if self.target is None:
+                raise ConfigError("a regression mapping needs the target's scale, fitted on the training split")
+            return self.target.standardise(numeric_target(labels, f"the {split} split's labels"))
         lookup = {_key(label): index for index, group in enumerate(self.members) for label in group}
         missing = sorted({str(label) for label in labels if _key(label) not in lookup})
         if missing:
@@ -288,8 +301,9 @@ def _key(label: Any) -> str:
 def class_mapping(train_labels: np.ndarray, data: dict[str, Any], where: str) -> ClassMapping:
     """The classes of a task (``data.task``, ``data.classes`` or ``data.class_names``) over the training labels."""
     task = data.get("task", "multiclass")
-    if task == "regression":
-        raise ConfigError(f"{where}: task regression is not supported by the pipeline yet; accepted: {list(TASKS)}")
+    if task == "regression":  # no classes; the values must be numbers (the scale is fitted on the training split)
+        numeric_target(train_labels, f"{where}: the training labels")
+        return ClassMapping([], [])
     if task not in TASKS:
         raise ConfigError(f"{where}: task must be one of {list(TASKS)}, got {task!r}")
     if data.get("classes"):
@@ -371,7 +385,8 @@ def build_split(images: np.ndarray, classes: np.ndarray, source_labels: np.ndarr
                 spec: ImageSpec) -> ImageSplit:
     """x = pixels / 255 as (N, C, H, W) and z = the spec's cell means of (N, H, W, C) uint8 images."""
     x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0  # (N, C, H, W)
-    return ImageSplit(x=x, z=downsample(x, spec.grid, spec.cell_values), y=classes.astype(np.int64),
+    targets = classes if classes.dtype.kind == "f" else classes.astype(np.int64)  # regression: standardised values
+    return ImageSplit(x=x, z=downsample(x, spec.grid, spec.cell_values), y=targets,
                       source_labels=np.asarray(source_labels).astype(str), ids=ids.astype(np.int64))
 
 
@@ -402,6 +417,9 @@ def image_splits(raw: RawImages, data: dict[str, Any], seed: int, where: str) ->
     size = data.get("num_validation") or max(1, int(round(float(data.get("validation_fraction", 0.1)) * num_train)))
     validation = draw(num_train, int(size), seed, "the validation split (num_validation / validation_fraction)")
     train = np.setdiff1d(np.arange(num_train), validation)
+    if mapping.regression:
+        values = numeric_target(labels["train"][train], f"{where}: the training labels")  # (n_train,)
+        mapping.target = TargetScale.fit("label", values)
     chosen = {"train": ("train", train), "validation": ("train", validation), "test": ("test", None)}
     splits = {}
     for name, (source, rows) in chosen.items():

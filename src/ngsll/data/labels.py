@@ -1,10 +1,12 @@
-"""Checks on label columns shared by every kind of dataset."""
+"""Checks on label columns shared by every kind of dataset: class labels that look continuous are refused,
+a regression target is parsed as finite numbers (rows named otherwise) and binned for stratified splits."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ngsll.errors import DataSourceError
 
@@ -46,3 +48,25 @@ def check_class_labels(labels: np.ndarray, where: str, max_classes: int = MAX_CL
             f"target, not classes. Use task: regression for a real-valued target, or map the values to at most "
             f"{max_classes} classes"
         )
+
+
+def numeric_target(values: Any, where: str) -> np.ndarray:
+    """(N,) float64 values of a regression target column; raise :class:`LabelError` naming the rows of any
+    value that is missing, not a number or not finite."""
+    series = pd.Series(np.asarray(values, dtype=object))
+    parsed = pd.to_numeric(series.map(lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
+    bad = ~np.isfinite(parsed.to_numpy(dtype=np.float64, na_value=np.nan))
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise LabelError(f"{where} must hold a finite number in every row for task: regression; rows {rows} hold "
+                         f"{[series.iloc[row] for row in rows]}")
+    return parsed.to_numpy(dtype=np.float64)
+
+
+def target_strata(values: np.ndarray, bins: int = 5) -> np.ndarray:
+    """(N,) int64 quantile bin (0..bins-1) of each target value: the classes a regression split is stratified
+    by, so train, validation and test see the same range of targets. Ties share a bin; fewer distinct
+    values than ``bins`` give fewer bins."""
+    values = np.asarray(values, dtype=np.float64)
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))  # inner edges
+    return np.searchsorted(edges, values, side="left").astype(np.int64)

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ngsll.data.labels import check_class_labels, label_text
+from ngsll.data.labels import check_class_labels, label_text, numeric_target
 from ngsll.data.text import decode_utf8
 from ngsll.errors import DataSourceError
 
 TABLE_FORMATS = ("csv", "tsv", "parquet")
-TASKS = ("binary", "multiclass")
+TASKS = ("binary", "multiclass", "regression")
 RESERVED = ("id", "label", "label_name", "split")  # columns of the normalised raw table
 
 
@@ -32,9 +32,10 @@ class TableDataError(DataSourceError):
 
 @dataclass
 class RawTable:
-    """A table as fetched: ``frame`` holds ``id, label`` (class index), ``label_name``, ``split``
-    (``train``/``test`` or empty) and the input columns; ``numeric`` and ``categorical`` name those;
-    ``inferred`` says how each undeclared column was classified."""
+    """A table as fetched: ``frame`` holds ``id, label`` (class index; for regression the value),
+    ``label_name``, ``split`` (``train``/``test`` or empty) and the input columns; ``numeric`` and
+    ``categorical`` name those; ``inferred`` says how each undeclared column was classified; ``task`` is
+    ``binary``, ``multiclass`` or ``regression`` (no ``class_names``)."""
 
     frame: pd.DataFrame
     numeric: list[str]
@@ -42,7 +43,7 @@ class RawTable:
     class_names: list[str]
     label_column: str
     inferred: dict[str, str] = field(default_factory=dict)
-    task: str = "classification"
+    task: str = "multiclass"
 
     @property
     def regression(self) -> bool:
@@ -52,7 +53,7 @@ class RawTable:
     def schema(self) -> dict[str, Any]:
         """What the later stages read back from the fetch note."""
         return {"label_column": self.label_column, "numeric": self.numeric, "categorical": self.categorical,
-                "class_names": self.class_names, "inferred": self.inferred}
+                "class_names": self.class_names, "inferred": self.inferred, "task": self.task}
 
     @classmethod
     def read_csv(cls, path: str | Path, schema: dict[str, Any]) -> RawTable:
@@ -60,7 +61,7 @@ class RawTable:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         for column in schema["numeric"]:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
-        task = schema.get("task", "classification")
+        task = schema.get("task", "multiclass")
         frame["id"] = frame["id"].astype(np.int64)
         frame["label"] = frame["label"].astype(np.float64 if task == "regression" else np.int64)
         frame["split"] = frame["split"].fillna("")
@@ -143,14 +144,18 @@ def read_table_source(path: str | Path, data: dict[str, Any], where: str) -> Raw
     label, split = data.get("label_column", "label"), data.get("split_column")
     task = data.get("task", "multiclass")
     if task not in TASKS:
-        raise TableDataError(f"{where}.data.task must be one of {list(TASKS)} for tables, got {task!r} (regression "
-                             "tables are not supported yet)")
+        raise TableDataError(f"{where}.data.task must be one of {list(TASKS)} for tables, got {task!r}")
     numeric, categorical, inferred = resolve_columns(frame, path, label, data.get("numeric"), data.get("categorical"),
                                                      split, list(data.get("ignore") or []))
     raw_labels = frame[label]
     empty = raw_labels.isna() | (raw_labels.astype(str).str.strip() == "")
     if empty.any():
         raise TableDataError(f"{path}: column {label!r} has empty labels in rows {np.flatnonzero(empty.to_numpy())[:5].tolist()}")
+    if task == "regression":
+        values = numeric_target(raw_labels.to_numpy(), f"{path}: column {label!r}")
+        out = pd.DataFrame({"id": np.arange(len(frame), dtype=np.int64), "label": values,
+                            "label_name": [f"{value:g}" for value in values]})
+        return _with_inputs(out, frame, path, split, numeric, categorical, [], label, inferred, task)
     labels = raw_labels.map(_label_text)
     check_class_labels(labels.to_numpy(), f"{path}: column {label!r}")
     values = sorted(labels.unique().tolist(), key=_label_order)
@@ -163,6 +168,12 @@ def read_table_source(path: str | Path, data: dict[str, Any], where: str) -> Raw
                              f"{'exactly two' if task == 'binary' else 'at least three'}")
     out = pd.DataFrame({"id": np.arange(len(frame), dtype=np.int64), "label": labels.map(values.index).astype(np.int64)})
     out["label_name"] = out["label"].map(dict(enumerate(names)))
+    return _with_inputs(out, frame, path, split, numeric, categorical, names, label, inferred, task)
+
+
+def _with_inputs(out: pd.DataFrame, frame: pd.DataFrame, path: Path, split: str | None, numeric: list[str],
+                 categorical: list[str], names: list[str], label: str, inferred: dict[str, str], task: str) -> RawTable:
+    """The normalised table: ``out`` (id, label, label_name) with the split and the typed input columns."""
     out["split"] = ""
     if split:
         split_values = frame[split].astype(str).str.strip().str.lower()
@@ -174,7 +185,7 @@ def read_table_source(path: str | Path, data: dict[str, Any], where: str) -> Raw
         out[column] = pd.to_numeric(frame[column], errors="coerce").to_numpy()
     for column in categorical:
         out[column] = frame[column].map(lambda v: None if pd.isna(v) else _label_text(v)).to_numpy()
-    return RawTable(out, numeric, categorical, names, label, inferred)
+    return RawTable(out, numeric, categorical, names, label, inferred, task)
 
 
 def _label_text(value: Any) -> str:

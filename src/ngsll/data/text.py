@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ngsll.data.labels import check_class_labels
+from ngsll.data.labels import check_class_labels, numeric_target, target_strata
 from ngsll.errors import DataSourceError
 
 FORMATS = ("trec", "mr", "csv", "tsv", "parquet")
@@ -38,10 +38,11 @@ class TextDataError(DataSourceError):
 
 @dataclass
 class TextCorpus:
-    """Sentences with class labels.
+    """Sentences with class labels (or, with no ``class_names``, a real-valued target: regression).
 
-    texts: N sentences; labels: (N,) int64 class indices into ``class_names``; ids: (N,) int64 row ids
-    in the source; official_split: (N,) ``"train"``/``"test"`` where the source defines one, else None.
+    texts: N sentences; labels: (N,) int64 class indices into ``class_names`` (regression: float64 values);
+    ids: (N,) int64 row ids in the source; official_split: (N,) ``"train"``/``"test"`` where the source
+    defines one, else None.
     """
 
     texts: list[str]
@@ -52,6 +53,11 @@ class TextCorpus:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def regression(self) -> bool:
+        """A real-valued target: no classes, ``labels`` hold the values."""
+        return not self.class_names
 
     def without(self, ids: np.ndarray | list[int]) -> TextCorpus:
         """The corpus minus the rows whose id is in ``ids`` (e.g. rows a quality gate dropped), order kept."""
@@ -67,7 +73,8 @@ class TextCorpus:
         split = self.official_split if self.official_split is not None else np.full(len(self), "")
         return pd.DataFrame({
             "id": self.ids, "text": self.texts, "label": self.labels,
-            "label_name": [self.class_names[i] for i in self.labels], "split": split,
+            "label_name": [f"{value:g}" for value in self.labels] if self.regression
+            else [self.class_names[i] for i in self.labels], "split": split,
         })
 
     def write_csv(self, path: str | Path) -> None:
@@ -86,10 +93,11 @@ class TextCorpus:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, class_names: list[str]) -> TextCorpus:
-        """Inverse of :meth:`frame` (the raw file the fetch stage writes)."""
+        """Inverse of :meth:`frame` (the raw file the fetch stage writes); no ``class_names``: regression."""
         split = frame["split"].fillna("").astype(str).to_numpy()
         return cls(
-            texts=frame["text"].fillna("").astype(str).tolist(), labels=frame["label"].to_numpy(np.int64),
+            texts=frame["text"].fillna("").astype(str).tolist(),
+            labels=frame["label"].to_numpy(np.int64 if class_names else np.float64),
             class_names=list(class_names), ids=frame["id"].to_numpy(np.int64),
             official_split=split if (split != "").all() else None,
         )
@@ -172,15 +180,21 @@ def read_movie_reviews(path: Path) -> TextCorpus:
 
 def read_table(
     path: Path, file_format: str, text_column: str, label_column: str,
-    split_column: str | None = None, class_names: list[str] | None = None,
+    split_column: str | None = None, class_names: list[str] | None = None, regression: bool = False,
 ) -> TextCorpus:
-    """A user's CSV/TSV/Parquet table. Labels are mapped to classes in sorted order unless ``class_names``."""
+    """A user's CSV/TSV/Parquet table. Labels are mapped to classes in sorted order unless ``class_names``;
+    with ``regression`` the label column is a real-valued target (finite numbers in every row)."""
     frame = _read_table(path, file_format)
     _require_columns(frame, path, [text_column, label_column] + ([split_column] if split_column else []))
     raw_labels = frame[label_column].astype(str).str.strip()
     if (raw_labels == "").any():
         raise TextDataError(f"{path}: column {label_column!r} has empty labels in rows "
                             f"{np.flatnonzero(raw_labels == '')[:5].tolist()}")
+    split = _official_split(frame, path, split_column)
+    if regression:
+        return TextCorpus(texts=frame[text_column].astype(str).tolist(),
+                          labels=numeric_target(raw_labels.to_numpy(), f"{path}: column {label_column!r}"),
+                          class_names=[], ids=np.arange(len(frame), dtype=np.int64), official_split=split)
     if not class_names:
         check_class_labels(raw_labels.to_numpy(), f"{path}: column {label_column!r}")
     names = list(class_names) if class_names else sorted(raw_labels.unique().tolist())
@@ -188,38 +202,49 @@ def read_table(
     if unknown:
         raise TextDataError(f"{path}: column {label_column!r} holds labels {unknown[:5]} outside the classes {names}")
     _require_two_classes(sorted(set(raw_labels)), path, label_column)
-    split = None
-    if split_column:
-        split = frame[split_column].astype(str).str.strip().str.lower().to_numpy()
-        bad = sorted(set(split) - {"train", "test"})
-        if bad:
-            raise TextDataError(f"{path}: column {split_column!r} must hold 'train' or 'test', got {bad[:5]}")
     return TextCorpus(
         texts=frame[text_column].astype(str).tolist(), labels=raw_labels.map(names.index).to_numpy(np.int64),
         class_names=names, ids=np.arange(len(frame), dtype=np.int64), official_split=split,
     )
 
 
+def _official_split(frame: pd.DataFrame, path: Path, split_column: str | None) -> np.ndarray | None:
+    """(N,) ``train``/``test`` of the split column, or None without one."""
+    if not split_column:
+        return None
+    split = frame[split_column].astype(str).str.strip().str.lower().to_numpy()
+    bad = sorted(set(split) - {"train", "test"})
+    if bad:
+        raise TextDataError(f"{path}: column {split_column!r} must hold 'train' or 'test', got {bad[:5]}")
+    return split
+
+
 def read_corpus(
     path: str | Path, file_format: str, text_column: str = "text", label_column: str = "label",
-    split_column: str | None = None, class_names: list[str] | None = None,
+    split_column: str | None = None, class_names: list[str] | None = None, regression: bool = False,
 ) -> TextCorpus:
-    """Read any supported corpus; ``file_format`` is one of :data:`FORMATS`."""
+    """Read any supported corpus; ``file_format`` is one of :data:`FORMATS` (``regression``: a real-valued
+    target, for the user's own tables only)."""
     if file_format not in FORMATS:
         raise TextDataError(f"unknown text format {file_format!r}; accepted: {list(FORMATS)}")
     path = Path(path)
+    if regression and file_format in ("trec", "mr"):
+        raise TextDataError(f"the {file_format} corpus is a classification task; task: regression is for your own "
+                            "csv, tsv or parquet table")
     if file_format == "trec":
         return read_trec(path)
     if file_format == "mr":
         return read_movie_reviews(path)
-    return read_table(path, file_format, text_column, label_column, split_column, class_names)
+    return read_table(path, file_format, text_column, label_column, split_column, class_names, regression)
 
 
 def split_indices(
     corpus: TextCorpus, seed: int, validation_fraction: float = 0.1, test_fraction: float = 0.1
 ) -> dict[str, np.ndarray]:
-    """Seeded, stratified train/validation/test indices of a corpus (see :func:`stratified_splits`)."""
-    return stratified_splits(corpus.labels, corpus.official_split, seed, validation_fraction, test_fraction)
+    """Seeded, stratified train/validation/test indices of a corpus (see :func:`stratified_splits`); a
+    regression target is stratified by its quantile bins."""
+    strata = target_strata(corpus.labels) if corpus.regression else corpus.labels
+    return stratified_splits(strata, corpus.official_split, seed, validation_fraction, test_fraction)
 
 
 def stratified_splits(
