@@ -1,9 +1,10 @@
 """Stage `baselines`: Ridge and Lasso on the simplified input, regularisation by cross validation.
 
-Binary for two classes (MNIST, MR), multi-output (one-vs-rest targets) for more (TREC). Tables also get a
-cross-validated logistic regression (top-K like the others) and two non-sparse models, a gradient-boosted
-model and an Explainable Boosting Machine, whose test-set class probabilities are stored beside the
-weights (``<name>_test_probabilities``) for the evaluation table.
+Binary for two classes (MNIST, MR), multi-output (one-vs-rest targets) for more (TREC), the (standardised)
+target itself for regression. Tables also get a cross-validated logistic regression (classes only; top-K
+like the others) and two non-sparse models, a gradient-boosted model and an Explainable Boosting Machine,
+whose test-set class probabilities (regression: predictions) are stored beside the weights
+(``<name>_test_probabilities`` / ``<name>_test_predictions``) for the evaluation table.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import json
 
 import pandas as pd
 
-from ngsll.baselines import (
-    LINEAR_MODELS, TABLE_LINEAR_MODELS, fit_linear_baseline, fit_tree_baselines, tree_probabilities_key,
-)
+from ngsll.baselines import fit_linear_baseline, fit_tree_baselines, linear_models_for, tree_output_key
 from ngsll.config import section
 from stage_io import load_params, load_split, log, read_json, save_arrays, setup_logging
 
@@ -35,10 +34,10 @@ def main() -> None:
     train = load_split(args.data_dir / "train.npz")
     features = read_json(args.data_dir / "features.json")
     num_classes = len(features["class_names"])
-    task = "binary" if num_classes == 2 else "multiclass"
+    task = "regression" if features.get("task") == "regression" else "binary" if num_classes == 2 else "multiclass"
     table = features.get("kind") == "table"
     fitted = {"task": np.array(task)}
-    for name in TABLE_LINEAR_MODELS if table else LINEAR_MODELS:
+    for name in linear_models_for(table, task):
         model = fit_linear_baseline(
             name, train.z, train.y, task=task, num_classes=num_classes,
             cv_folds=int(section(params, "baselines", "cv_folds")), seed=int(params["seed"]),
@@ -48,11 +47,14 @@ def main() -> None:
     if table:
         test = load_split(args.data_dir / "test.npz")
         frames = [records_frame(split.records, features["table"]) for split in (train, test)]
-        for name, probabilities in fit_tree_baselines(train.z, train.y, frames[0], test.z, frames[1],
-                                                      seed=int(params["seed"])).items():
-            accuracy = float((probabilities.argmax(axis=1) == test.y).mean())
-            log.info("%s: test accuracy %.4f", name, accuracy)
-            fitted[tree_probabilities_key(name)] = probabilities
+        for name, outputs in fit_tree_baselines(train.z, train.y, frames[0], test.z, frames[1],
+                                                seed=int(params["seed"]), task=task).items():
+            if task == "regression":  # in standardised units here; evaluate reports the target's own
+                rmse = float(np.sqrt(((outputs[:, 0] - test.y) ** 2).mean()))
+                log.info("%s: test RMSE %.4f (standardised target)", name, rmse)
+            else:
+                log.info("%s: test accuracy %.4f", name, float((outputs.argmax(axis=1) == test.y).mean()))
+            fitted[tree_output_key(name, task)] = outputs
     save_arrays(args.out, compressed=False, **fitted)
 
 

@@ -2,7 +2,8 @@
 self-contained HTML), rendered from pipeline/templates/model_card.md.j2 with what the pipeline measured.
 
 The template adapts to the kind (pixel maps for images; top-word tables and the Figure-5 sentences for
-text; top-feature tables and explained rows for tables) and to the task (one section per class for multi-class models)."""
+text; top-feature tables and explained rows for tables) and to the task (one section per class for multi-class
+models; R², RMSE and MAE in the target's units for regression)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import re
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 
 from ngsll.card import render_html, render_markdown
 from ngsll.checkpoint import model_from_checkpoint
 from ngsll.config import DatasetSettings, dataset_settings
-from ngsll.evaluation import format_table
+from ngsll.evaluation import METRIC_TITLES, format_table, primary_metric
 from ngsll.explain import predict_explain
+from ngsll.target import TargetScale
 from ngsll_plugins.run_context import version_tags
 from ngsll_plugins.tracking import configure, end_runs_on_signal
 from stage_io import load_checkpoint, load_params, load_split, log, read_json, setup_logging, write_text
@@ -35,20 +38,30 @@ def phase_row(name: str, checkpoint: dict) -> dict:
 
 
 def examples(checkpoint: dict, split, features: dict, per_class: int = 2) -> list[dict]:
-    """Local explanations of the first test samples of each class: what was shown, the answer, the features."""
+    """Local explanations of the first test samples of each class (regression: four test samples spread over
+    the target's range): what was shown, the answer, the features."""
     model = model_from_checkpoint(checkpoint)
     classes = features["class_names"]
-    per_class = 1 if len(classes) > 4 else per_class
-    chosen = [int(i) for c in range(len(classes)) for i in (split.y == c).nonzero()[0][:per_class]]
+    target = TargetScale.from_dict(features["target"]) if features.get("task") == "regression" else None
+    if target is None:
+        per_class = 1 if len(classes) > 4 else per_class
+        chosen = [int(i) for c in range(len(classes)) for i in (split.y == c).nonzero()[0][:per_class]]
+    else:
+        order = np.argsort(split.y, kind="stable")
+        chosen = [int(order[i]) for i in np.unique(np.linspace(0, len(order) - 1, 4).round().astype(int))]
     x, z = torch.from_numpy(split.x[chosen]), torch.from_numpy(split.z[chosen])
-    answers = predict_explain(model, x, z, features["feature_names"], classes)
+    answers = predict_explain(model, x, z, features["feature_names"], classes, target)
     if hasattr(split, "records"):
         shown = [split.records[i] for i in chosen]
     elif hasattr(split, "texts"):
         shown = [split.texts[i] for i in chosen]
     else:
         shown = [str(split.source_labels[i]) for i in chosen]
-    return [{"input": text, "truth": classes[split.y[i]], "label": a["label"],
+    def truth(y) -> str:
+        return classes[int(y)] if target is None else f"{target.restore(float(y)):.4g}"
+
+    return [{"input": text, "truth": truth(split.y[i]),
+             "label": a["label"] if target is None else f"{a['value']:.4g}",
              "logit": a["logits"][a["label"]] if "logits" in a else a["logit"],
              "features": ", ".join(f"{w['feature']} ({w['contribution']:+.2f})" for w in a["weights"]) or "none"}
             for i, text, a in zip(chosen, shown, answers)]
@@ -59,7 +72,7 @@ def class_sections(importance: dict, k: int, features: dict) -> list[dict]:
     by_k = importance["by_k"][str(k)]
     names = features["feature_names"]
     sections = []
-    for name in features["class_names"]:
+    for name in importance["class_names"]:  # a regression model's one output: the target
         scores, signed = by_k["normlime_by_class"][name], by_k["signed_by_class"][name]
         order = sorted(range(len(names)), key=lambda j: -scores[j])[:TOP_WORDS_PER_CLASS]
         sections.append({"name": name, "top": ", ".join(f"{names[j]} ({signed[j]:+.3f})" for j in order if scores[j] > 0)
@@ -88,15 +101,19 @@ def context_for(dataset: DatasetSettings, params: dict, args: argparse.Namespace
     explain = read_json(args.explain_metrics)
     importance = read_json(args.explain_dir / "importance.json")
     info = read_json(args.info)
-    accuracy = {name: {int(key): v for key, v in row.items()} for name, row in evaluation["test_accuracy"].items()}
-    auc = {name: {int(key): v for key, v in row.items()} for name, row in evaluation.get("test_auc", {}).items()}
+    task = fine["model_args"]["task"]
+    metrics = {metric: {name: {int(key): v for key, v in row.items()}
+                        for name, row in evaluation[f"test_{metric}"].items()}
+               for metric in METRIC_TITLES if f"test_{metric}" in evaluation}  # accuracy, auc | r2, rmse, mae
+    primary = primary_metric(task)
     timing = evaluation["timing_ms_per_sample"]
     splits = {name: load_split(args.data_dir / f"{name}.npz") for name in ("train", "validation", "test")}
     tags = version_tags()
     classes = features["class_names"]
     return {
         "kind": dataset.kind,
-        "task": fine["model_args"]["task"],
+        "task": task,
+        "target": features.get("target"),
         "model": {"name": serve["model_name"], "k": fine["model_args"]["k"], "version": serve["version"],
                   "registered_name": dataset.tracking["registered_model"], **fine["model_args"]},
         "version": {"commit": tags.get("ngsll.git.commit"), "mlflow_run_id": fine.get("mlflow_run_id"),
@@ -115,9 +132,10 @@ def context_for(dataset: DatasetSettings, params: dict, args: argparse.Namespace
             for path, report in ((p, read_json(p)) for p in args.validation)
         ],
         "training": [phase_row("coarse", coarse), phase_row(f"fine (K={fine['model_args']['k']})", fine)],
-        "evaluation": {"table": format_table(accuracy, ks, title="test accuracy"),
-                       "auc_table": format_table(auc, ks, title="test ROC AUC") if auc else None,
-                       "ngsll_accuracy": {key: accuracy["NGSLL"][key] for key in ks}},
+        "evaluation": {"tables": [format_table(rows, ks, title=METRIC_TITLES[metric])
+                                  for metric, rows in metrics.items()],
+                       "primary": primary, "primary_title": METRIC_TITLES[primary],
+                       "ngsll_primary": {key: metrics[primary]["NGSLL"][key] for key in ks}},
         "interpretation": {"examples": examples(fine, splits["test"], features),
                            "classes": class_sections(importance, k, features),
                            "surrogate_agreement": explain.get("dnn_surrogate_agreement"),

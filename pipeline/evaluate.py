@@ -1,5 +1,8 @@
 """Stage `evaluate`: test accuracy (and ROC AUC) per model and K (paper Table 1), explanation timings, pictures.
 
+A regression target gets RMSE, MAE and R² in its own units instead (the models train on it standardised),
+and its pictures show values and contributions in those units.
+
 Logs the test metrics and pictures to each model's MLflow run, with the test split as its evaluation
 dataset input, and tags each registered fine version with its test accuracy; Ridge, Lasso and the ablation
 get one run per K with the same metric names, so the MLflow compare view lines every model up at each K.
@@ -17,16 +20,19 @@ import mlflow
 import numpy as np
 import torch
 
-from ngsll.baselines import TREE_MODELS, LinearBaseline, tree_probabilities_key
+from ngsll.baselines import TREE_MODELS, LinearBaseline, tree_output_key
 from ngsll.config import dataset_settings, section
-from ngsll.evaluation import format_table, model_logits, roc_auc, time_explanations
+from ngsll.evaluation import (
+    METRIC_TITLES, format_table, model_logits, output_metrics, primary_metric, time_explanations,
+)
 from ngsll.explain import answered_class
 from ngsll.importance import answered_weights
 from ngsll.plots import (
     accuracy_vs_k_figure, cell_maps, explained_rows_figure, training_curves_figure, weight_overlay_figure,
 )
 from ngsll.textviz import ExplainedSentence, sentences_page
-from ngsll.train import TensorData, device_description, evaluate, pick_device
+from ngsll.target import TargetScale
+from ngsll.train import TensorData, device_description, pick_device
 from ngsll_plugins.tracking import (
     configure, end_runs_on_signal, log_split_inputs, run_model_version, start_run, tag_model_version,
 )
@@ -51,25 +57,54 @@ def linear_models(weights_path: Path) -> dict[str, LinearBaseline]:
         }
 
 
-def tree_probabilities(weights_path: Path) -> dict[str, np.ndarray]:
-    """(N_test, C) test-set class probabilities of the non-sparse table baselines (gradient boosting, EBM) the
-    baselines stage stored, by display name."""
+def tree_outputs(weights_path: Path, task: str) -> dict[str, np.ndarray]:
+    """Test-set outputs of the non-sparse table baselines (gradient boosting, EBM) the baselines stage stored,
+    by display name: (N_test, C) class probabilities, or (N_test, 1) standardised predictions for regression."""
     with np.load(weights_path) as stored:
         return {name[0].upper() + name[1:]: stored[key]
-                for name, key in ((name, tree_probabilities_key(name)) for name in TREE_MODELS) if key in stored.files}
+                for name, key in ((name, tree_output_key(name, task)) for name in TREE_MODELS) if key in stored.files}
 
 
-def explained_rows(models: dict, ks: list[int], split, chosen: np.ndarray, class_names: list[str],
+class Answers:
+    """How a dataset's labels and answers read in figures: class names, or target values in their own units
+    (a regression model's weights and contributions scaled by the target's std, so they add up to the value
+    minus the training mean)."""
+
+    def __init__(self, class_names: list[str], scale: TargetScale | None) -> None:
+        self.class_names, self.scale = class_names, scale
+
+    def label(self, y: float) -> str:
+        """A stored label (class index, or standardised target) as text."""
+        return self.class_names[int(y)] if self.scale is None else f"{self.scale.name}={self.scale.restore(y):.4g}"
+
+    def answers(self, model, sample: TensorData) -> tuple[np.ndarray, list[str]]:
+        """(n, d) answered weights (regression: in target units) and the n answers as text."""
+        class_weights, predicted = answered_weights(model, sample.x, sample.z)  # (n, d), (n,)
+        if self.scale is None:
+            return class_weights, [self.class_names[c] for c in predicted]
+        values = self.scale.restore(model_logits(model, sample.x, sample.z)[:, 0])  # (n,)
+        return class_weights * self.scale.std, [f"{value:.4g}" for value in values]
+
+    def chosen(self, y: np.ndarray, per_class: int) -> np.ndarray:
+        """Indices of the rows shown: the first ``per_class`` of each class, or for regression ``2 *
+        per_class`` rows spread over the range of the target (its quantiles)."""
+        if self.scale is None:
+            return np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(len(self.class_names))])
+        order = np.argsort(y, kind="stable")
+        return order[np.unique(np.linspace(0, len(y) - 1, min(len(y), 2 * per_class)).round().astype(int))]
+
+
+def explained_rows(models: dict, ks: list[int], split, chosen: np.ndarray, answers: Answers,
                    names: list[str], device: torch.device) -> list[tuple[str, dict[str, list[tuple[str, float]]]]]:
-    """The chosen test rows with, per K, the answered class and each chosen feature's contribution z_j w_j."""
+    """The chosen test rows with, per K, the answer and each chosen feature's contribution z_j w_j."""
     sample = TensorData.from_arrays(split.x[chosen], split.z[chosen], split.y[chosen], device=device)
-    rows = [(f"row {split.ids[i]} ({class_names[split.y[i]]})", {}) for i in chosen]
+    rows = [(f"row {split.ids[i]} ({answers.label(split.y[i])})", {}) for i in chosen]
     for k in ks:
-        class_weights, predicted = answered_weights(models[k], sample.x, sample.z)  # (n, d), (n,)
+        class_weights, answered = answers.answers(models[k], sample)  # (n, d), n answers
         contributions = class_weights * split.z[chosen]  # (n, d)
         for row, (_, by_model) in enumerate(rows):
             picked = np.flatnonzero(class_weights[row])
-            by_model[f"NGSLL K={k}: {class_names[predicted[row]]}"] = [
+            by_model[f"NGSLL K={k}: {answered[row]}"] = [
                 (f"{names[j]} ({split.z[chosen][row, j]:.2g})", float(contributions[row, j])) for j in picked]
     return rows
 
@@ -85,16 +120,16 @@ def weight_maps(model, data: TensorData, grid: list[int]) -> np.ndarray:
     return cell_maps(chosen.cpu().numpy(), grid)
 
 
-def explained_sentences(models: dict, ks: list[int], split, chosen: np.ndarray, class_names: list[str],
+def explained_sentences(models: dict, ks: list[int], split, chosen: np.ndarray, answers: Answers,
                         words: list[str], device: torch.device) -> list[ExplainedSentence]:
-    """The chosen test sentences with, per K, the answered class and the weights of the chosen words."""
-    sentences = [ExplainedSentence(split.texts[i], class_names[split.y[i]]) for i in chosen]
+    """The chosen test sentences with, per K, the answer and the weights of the chosen words."""
+    sentences = [ExplainedSentence(split.texts[i], answers.label(split.y[i])) for i in chosen]
     sample = TensorData.from_arrays(split.x[chosen], split.z[chosen], split.y[chosen], device=device)
     for k in ks:
-        class_weights, predicted = answered_weights(models[k], sample.x, sample.z)  # (n, d), (n,)
+        class_weights, answered = answers.answers(models[k], sample)  # (n, d), n answers
         for row, sentence in enumerate(sentences):
             chosen_words = {words[j]: float(class_weights[row, j]) for j in np.flatnonzero(class_weights[row])}
-            sentence.answers[f"NGSLL K={k}"] = (class_names[predicted[row]], chosen_words)
+            sentence.answers[f"NGSLL K={k}"] = (answered[row], chosen_words)
     return sentences
 
 
@@ -126,41 +161,36 @@ def main() -> None:
     checkpoints = {k: load_checkpoint(args.fine_dir / f"k{k}.pt") for k in ks}
     checkpoints |= {"dense": load_checkpoint(args.dense), "dnn": load_checkpoint(args.dnn)}
     models = {key: load_model(checkpoint, device) for key, checkpoint in checkpoints.items()}
-    accuracy: dict[str, dict[int, float]] = {NGSLL: {}, DENSE: {}}
-    auc: dict[str, dict[int, float]] = {}  # test ROC AUC where every class is in the test split
     task = models["dnn"].args.task
+    scale = TargetScale.from_dict(features["target"]) if task == "regression" else None
+    results: dict[str, dict[str, dict[int, float]]] = {}  # metric -> model -> K (0: constant in K) -> value
 
-    def score(name: str, k: int, scores: np.ndarray, probabilities: bool = False) -> None:
-        value = roc_auc(test_split.y, scores, task, probabilities)
-        if value is not None:
-            auc.setdefault(name, {})[k] = value
+    def record(name: str, k: int, outputs: np.ndarray, probabilities: bool = False) -> None:
+        for metric, value in output_metrics(test_split.y, outputs, task, probabilities, scale).items():
+            results.setdefault(metric, {}).setdefault(name, {})[k] = value
 
     timing: dict[str, dict[str, float]] = {}
     timed = slice(0, int(settings["timing_samples"]))
     for k in ks:
-        accuracy[NGSLL][k] = evaluate(models[k], test)["accuracy"]
-        score(NGSLL, k, model_logits(models[k], test.x, test.z))
+        record(NGSLL, k, model_logits(models[k], test.x, test.z))
         timing[str(k)] = time_explanations(
             models[k], test.x[timed], test.z[timed], int(settings["batch_size"]), int(settings["single_samples"])
         )
         models["dense"].set_gate(k, models["dense"].args.tau)
-        accuracy[DENSE][k] = evaluate(models["dense"], test)["accuracy"]
-        score(DENSE, k, model_logits(models["dense"], test.x, test.z))
+        record(DENSE, k, model_logits(models["dense"], test.x, test.z))
     linear = linear_models(args.linear)
     for name, model in linear.items():
-        accuracy[name] = {k: float((model.predict(test_split.z, k) == test_split.y).mean()) for k in ks}
         for k in ks:
-            score(name, k, model.decision(test_split.z, k))
-    accuracy[DNN] = {0: evaluate(models["dnn"], test)["accuracy"]}
-    score(DNN, 0, model_logits(models["dnn"], test.x, test.z))
-    trees = tree_probabilities(args.linear)
-    for name, probabilities in trees.items():
-        accuracy[name] = {0: float((probabilities.argmax(axis=1) == test_split.y).mean())}
-        score(name, 0, probabilities, probabilities=True)
+            record(name, k, model.decision(test_split.z, k))
+    record(DNN, 0, model_logits(models["dnn"], test.x, test.z))
+    trees = tree_outputs(args.linear, task)
+    for name, outputs in trees.items():
+        record(name, 0, outputs, probabilities=task != "regression")
+    primary = primary_metric(task)
 
-    table = format_table(accuracy, ks, title=f"{dataset.data['description']}: test accuracy")
-    if auc:
-        table += "\n\n" + format_table(auc, ks, title="test ROC AUC")
+    title = dataset.data["description"]
+    table = "\n\n".join(format_table(rows, ks, title=f"{title}: {METRIC_TITLES[metric]}" if i == 0 else
+                                      METRIC_TITLES[metric]) for i, (metric, rows) in enumerate(results.items()))
     timing_rows = {
         "NGSLL batched": {k: timing[str(k)]["ms_per_sample_batched"] for k in ks},
         "NGSLL single": {k: timing[str(k)]["ms_per_sample_single"] for k in ks},
@@ -170,14 +200,15 @@ def main() -> None:
     print(report)
     write_text(args.table, report)
     write_json(args.metrics, {
-        "test_accuracy": {name: {str(k): v for k, v in row.items()} for name, row in accuracy.items()},
-        "test_auc": {name: {str(k): v for k, v in row.items()} for name, row in auc.items()},
+        **{f"test_{metric}": {name: {str(k): v for k, v in row.items()} for name, row in rows.items()}
+           for metric, rows in results.items()},
+        **({"task": "regression", "target": scale.to_dict()} if scale else {}),
         "timing_ms_per_sample": timing,
         "device": device_description(device),
         "num_test": len(test),
     })
     write_json(args.accuracy_plot, [
-        {"model": name, "k": k, "accuracy": row.get(k, row.get(0))} for name, row in accuracy.items() for k in ks
+        {"model": name, "k": k, primary: row.get(k, row.get(0))} for name, row in results[primary].items() for k in ks
     ])
 
     figures = {
@@ -186,47 +217,46 @@ def main() -> None:
             | {f"fine K={k}": checkpoints[k]["history"] for k in ks}
             | {"DNN": checkpoints["dnn"]["history"], "w/o K-HGM": checkpoints["dense"]["history"]}
         ),
-        "accuracy_vs_k.png": accuracy_vs_k_figure(accuracy, ks),
+        "accuracy_vs_k.png": accuracy_vs_k_figure(results[primary], ks, METRIC_TITLES[primary]),
     }
     per_class = int(settings[{"image": "figure_digits_per_class", "text": "figure_sentences_per_class",
                               "table": "figure_rows_per_class"}[dataset.kind]])
     if dataset.kind == "image":  # a readable figure: at most 12 images across, at least one per class
-        per_class = max(1, min(per_class, 12 // len(features["class_names"])))
-    chosen = np.concatenate([np.flatnonzero(test_split.y == c)[:per_class] for c in range(len(features["class_names"]))])
+        per_class = max(1, min(per_class, 12 // max(2, len(features["class_names"]))))
+    answers = Answers(features["class_names"], scale)
+    chosen = answers.chosen(test_split.y, per_class)
     if dataset.input_kind == "image":
         sample = TensorData.from_arrays(test_split.x[chosen], test_split.z[chosen], test_split.y[chosen], device=device)
         grid = features["image"]["grid"]
         maps = {f"NGSLL K={k}": weight_maps(models[k], sample, grid) for k in ks}
         maps["w/o K-HGM (dense)"] = weight_maps(models["dense"], sample, grid)
-        classes = features["class_names"]
-        titles = [f"{label} ({classes[y]})" if label != classes[y] else label
+        titles = [answers.label(y) if scale else f"{label} ({answers.label(y)})" if label != answers.label(y) else label
                   for label, y in zip(test_split.source_labels[chosen], test_split.y[chosen])]
         figures["weights.png"] = weight_overlay_figure(test_split.x[chosen], maps, titles)
     elif dataset.kind == "table":
-        figures["rows.png"] = explained_rows_figure(explained_rows(models, ks, test_split, chosen,
-                                                                   features["class_names"], features["feature_names"],
-                                                                   device))
+        figures["rows.png"] = explained_rows_figure(explained_rows(models, ks, test_split, chosen, answers,
+                                                                   features["feature_names"], device))
     else:
-        sentences = explained_sentences(models, ks, test_split, chosen, features["class_names"],
-                                        features["feature_names"], device)
+        sentences = explained_sentences(models, ks, test_split, chosen, answers, features["feature_names"], device)
         title = f"{dataset.data['description']}: words chosen by NGSLL and their weights"
         write_text(args.figures / "sentences.html", sentences_page(title, sentences, set(features["feature_names"])))
     for name, figure in figures.items():
         save_figure(figure, args.figures / name)
     splits = {"train": (args.data_dir / "train.npz", load_split(args.data_dir / "train.npz")),
               "test": (args.data_dir / "test.npz", test_split)}
-    log_to_mlflow(params, dataset, splits, checkpoints, accuracy, auc, timing, linear, ks, args.figures, list(trees))
+    log_to_mlflow(params, dataset, splits, checkpoints, results, primary, timing, linear, ks, args.figures, list(trees))
     log.info("wrote %s, %s and figures under %s", args.metrics, args.table, args.figures)
 
 
-def log_to_mlflow(params, dataset, splits, checkpoints, accuracy, auc, timing, linear, ks, figures: Path,
+def log_to_mlflow(params, dataset, splits, checkpoints, results, primary: str, timing, linear, ks, figures: Path,
                   trees: list[str]) -> None:
-    """Test metrics, pictures and the test split onto the training runs, test accuracy onto the registered
-    versions; one run per K for Ridge, Lasso and the ablation (with the train and test splits), one run for
-    each non-sparse table baseline. ``test_auc`` goes beside ``test_accuracy`` wherever it is defined."""
+    """Test metrics, pictures and the test split onto the training runs, the primary test metric (accuracy, or
+    R² and RMSE for regression) onto the registered versions; one run per K for Ridge, Lasso and the ablation
+    (with the train and test splits), one run for each non-sparse table baseline. Every metric of a model
+    (``test_accuracy`` and, where defined, ``test_auc``; ``test_rmse``, ``test_mae``, ``test_r2``) is logged."""
 
     def test_metrics(name: str, k: int) -> dict[str, float]:
-        return {"test_accuracy": accuracy[name][k], **({"test_auc": auc[name][k]} if k in auc.get(name, {}) else {})}
+        return {f"test_{metric}": rows[name][k] for metric, rows in results.items() if k in rows.get(name, {})}
 
     configure(dataset.tracking["experiment"])
     test_input = {"test": splits["test"]}
@@ -240,7 +270,9 @@ def log_to_mlflow(params, dataset, splits, checkpoints, accuracy, auc, timing, l
                 mlflow.log_artifact(str(picture), artifact_path="figures")
         version = run_model_version(registered, run_id)
         if version is not None:
-            tag_model_version(registered, version, {"test_accuracy": f"{accuracy[NGSLL][k]:.4f}"})
+            tags = test_metrics(NGSLL, k)
+            tag_model_version(registered, version, {name: f"{tags[name]:.4f}" for name in
+                                                    (f"test_{primary}", "test_rmse") if name in tags})
     with mlflow.start_run(run_id=checkpoints["dnn"]["mlflow_run_id"]):
         mlflow.log_metrics(test_metrics(DNN, 0))
         log_split_inputs(dataset.name, test_input)

@@ -1,6 +1,7 @@
 """Stage `explain`: NormLIME global and class-specific importance from every fine model's sparse
 weights, beside SP-LIME, mean |w| and the DNN's average input gradient, and a Keep-And-Retrain
-faithfulness check of each ranking (random included). Images and text alike: over cells, the pictures are
+faithfulness check of each ranking (random included; for a regression target: a ridge regression's test RMSE,
+standardised units, and NormLIME's one output is the target). Images and text alike: over cells, the pictures are
 signed maps on each class's average image; over words, the top words of each class with their signed
 mean weight (``top_words.md`` and ``top_words.png``); over a table's features, the same as
 ``top_features.md`` and ``top_features.png``. ``reference_profile.json`` is the served K's NormLIME
@@ -96,11 +97,14 @@ def image_pictures(split, normlimes: dict[str, NormLIME], global_maps: dict[str,
                    features: dict, out_dir: Path) -> None:
     """Signed NormLIME maps over each class's average image, and every method's global map at the served K."""
     grid, classes = features["image"]["grid"], features["class_names"]
-    averages = np.stack([split.x[split.y == c].mean(axis=0) if (split.y == c).any() else np.zeros(split.x.shape[1:])
-                         for c in range(len(classes))])  # (classes, C, H, W)
+    if classes:
+        averages = np.stack([split.x[split.y == c].mean(axis=0) if (split.y == c).any() else np.zeros(split.x.shape[1:])
+                             for c in range(len(classes))])  # (classes, C, H, W)
+        titles = [f"class {c} (average)" for c in classes]
+    else:  # regression: one output, over the average image
+        averages, titles = split.x.mean(axis=0)[None], [f"{features['target']['name']} (all images)"]
     class_maps = {f"NormLIME signed, {k}": cell_maps(n.class_signed_, grid) for k, n in normlimes.items()}
-    save_figure(weight_overlay_figure(averages, class_maps, [f"class {c} (average)" for c in classes]),
-                out_dir / "class_maps.png")
+    save_figure(weight_overlay_figure(averages, class_maps, titles), out_dir / "class_maps.png")
     method_maps = {name: cell_maps(vector[None], grid) for name, vector in global_maps.items()}
     save_figure(weight_overlay_figure(split.x.mean(axis=0)[None], method_maps, [f"all images, {shown_k}"]),
                 out_dir / "global_maps.png")
@@ -135,7 +139,9 @@ def main() -> None:
     if settings["engine"] not in ENGINES:
         raise SystemExit(f"explain.engine must be one of {ENGINES}, got {settings['engine']!r}")
     features = read_json(args.data_dir / "features.json")
-    names, classes = features["feature_names"], features["class_names"]
+    task = "regression" if features.get("task") == "regression" else "classification"
+    names = features["feature_names"]
+    classes = [features["target"]["name"]] if task == "regression" else features["class_names"]  # NormLIME's outputs
     device = pick_device(params.get("device", "auto"))
     split = load_split(args.data_dir / f"{settings['split']}.npz")
     data = TensorData.from_arrays(split.x, split.z, split.y, device=device)
@@ -173,7 +179,7 @@ def main() -> None:
                     "mean abs weight": normlime.mean_abs_, "abs mean gradient (DNN)": np.abs(gradient.mean_gradient),
                     **extra_rankings, "random": random_ranking}
         gains[f"K={k}"] = keep_and_retrain(rankings, train.z[subset], train.y[subset], split.z, split.y,
-                                           fractions=fractions)
+                                           fractions=fractions, task=task)
         global_maps[f"K={k}"] = {name: ranking for name, ranking in rankings.items() if name != "random"}
         log.info("K=%d: NormLIME and Keep-And-Retrain done", k)
 
@@ -194,9 +200,10 @@ def main() -> None:
     reference = ExplanationProfile(names, classes, normlimes[shown_k], dataset.serve["model_name"],
                                    f"{settings['split']} split, {shown_k}", features.get("image"))
     write_json(args.out_dir / "reference_profile.json", reference.to_dict())  # what explanation monitoring compares with
-    save_figure(faithfulness_figure(gains), args.out_dir / "faithfulness.png")
+    gain_name = "test RMSE gain (standardised target)" if task == "regression" else "test error gain"
+    save_figure(faithfulness_figure(gains, gain_name), args.out_dir / "faithfulness.png")
     tables = [format_table({name: {round(100 * f): g for f, g in curve.items()} for name, curve in rankings.items()},
-                           [round(100 * f) for f in fractions], title=f"test error gain, {panel}",
+                           [round(100 * f) for f in fractions], title=f"{gain_name}, {panel}",
                            column="{}% removed")
               for panel, rankings in gains.items()]
     write_text(args.out_dir / "faithfulness.md", "\n\n".join(tables) + "\n")

@@ -34,7 +34,8 @@ def context() -> dict:
         "validation": [{"name": "raw", "verdict": "passed", "passed": 18, "total": 18}],
         "training": [{"name": "coarse", "k": 10, "tau": 1.0, "optimizer": "adam", "lr": 1e-3, "epochs": 2,
                       "best_epoch": 1, "seconds": 1.0, "device": "cpu"}],
-        "evaluation": {"table": "| test accuracy | K = 3 |\n|---|---|\n| NGSLL | 0.900 |", "ngsll_accuracy": {3: 0.9}},
+        "evaluation": {"tables": ["| test accuracy | K = 3 |\n|---|---|\n| NGSLL | 0.900 |"], "primary": "accuracy",
+                       "primary_title": "test accuracy", "ngsll_primary": {3: 0.9}},
         "interpretation": {"examples": [{"input": "7", "truth": "5-9", "label": "5-9", "logit": 1.5,
                                          "features": "r2c3 (+1.50)"}],
                            "classes": [{"name": "0-4", "top": "r3c3 (-0.5)"}, {"name": "5-9", "top": "r2c3 (+0.4)"}],
@@ -66,3 +67,21 @@ def test_html_embeds_every_figure_and_loads_nothing_external(tmp_path: Path) -> 
     assert "<script" not in html and "http://" not in html.split("<body>")[0] and "<table>" in html
     (tmp_path / FIGURES[0]).unlink()
     assert "[missing: figures/accuracy_vs_k.png]" in render_html(card, tmp_path, "card")
+
+
+def test_a_regression_card_speaks_of_the_target_in_its_units() -> None:
+    regression = context() | {"kind": "table", "task": "regression",
+                              "target": {"name": "price", "mean": 250000.0, "std": 90000.0}}
+    regression["evaluation"] = {"tables": ["| test R² | K = 3 |\n|---|---|\n| NGSLL | 0.810 |",
+                                           "| test RMSE | K = 3 |\n|---|---|\n| NGSLL | 39000.000 |"],
+                                "primary": "r2", "primary_title": "test R²", "ngsll_primary": {3: 0.81}}
+    regression["interpretation"]["examples"] = [{"input": '{"area": 80}', "truth": "2.1e+05", "label": "2.3e+05",
+                                                  "logit": -0.2, "features": "area (-0.20)"}]
+    card = render_markdown(TEMPLATE.read_text(), regression)
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["metrics"] == ["r2"] and "tabular-regression" in front["tags"]
+    assert front["model-index"][0]["results"][0]["metrics"][0] == {"type": "r2", "value": 0.81,
+                                                                   "name": "test R² at K=3"}
+    assert "regression of `price`" in card and "mean\n2.5e+05, std 9e+04" in card and "39000.000" in card
+    assert "(price = 2.1e+05) → **2.3e+05** (standardised output -0.20)" in card
+    assert " classes: " not in card and "### By output" in card and "test-RMSE gain" in card

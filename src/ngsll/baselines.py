@@ -19,12 +19,18 @@ from ngsll.errors import ConfigError, InputError
 
 LINEAR_MODELS = ("ridge", "lasso")
 TABLE_LINEAR_MODELS = (*LINEAR_MODELS, "logistic")  # tables: also the model a credit team would fit first
+
+
+def linear_models_for(table: bool, task: str) -> tuple[str, ...]:
+    """The linear baselines of a dataset: Ridge and Lasso, plus the logistic regression for a table's classes."""
+    return TABLE_LINEAR_MODELS if table and task != "regression" else LINEAR_MODELS
 TREE_MODELS = ("gradient boosting", "EBM")
 
 
-def tree_probabilities_key(name: str) -> str:
-    """The baselines stage's array of a tree model's test-set class probabilities (``EBM_test_probabilities``)."""
-    return f"{name.replace(' ', '_')}_test_probabilities"
+def tree_output_key(name: str, task: str) -> str:
+    """The baselines stage's array of a tree model's test-set outputs: class probabilities
+    (``EBM_test_probabilities``) or, for regression, predictions (``EBM_test_predictions``)."""
+    return f"{name.replace(' ', '_')}_test_{'predictions' if task == 'regression' else 'probabilities'}"
 
 
 def regression_targets(y: np.ndarray, task: str, num_classes: int) -> np.ndarray:
@@ -97,18 +103,24 @@ def fit_linear_baseline(
 
 
 def fit_tree_baselines(
-    train_z: np.ndarray, train_y: np.ndarray, train_frame, test_z: np.ndarray, test_frame, seed: int = 0
+    train_z: np.ndarray, train_y: np.ndarray, train_frame, test_z: np.ndarray, test_frame, seed: int = 0,
+    task: str = "binary",
 ) -> dict[str, np.ndarray]:
-    """Fit the two non-sparse table baselines and return each one's (N_test, C) class probabilities.
+    """Fit the two non-sparse table baselines and return each one's test-set outputs: (N_test, C) class
+    probabilities, or for ``task`` regression (N_test, 1) predictions (in the units of ``train_y``).
 
-    ``gradient boosting``: scikit-learn's ``HistGradientBoostingClassifier`` on z (standardised numbers,
-    missing flags, one-hots). ``EBM``: interpret's ``ExplainableBoostingClassifier`` on the raw columns
-    (``train_frame``/``test_frame``, DataFrames of the input columns; it bins numbers and handles categories
-    and missing values itself). Both seeded.
+    ``gradient boosting``: scikit-learn's ``HistGradientBoostingClassifier`` (``...Regressor``) on z
+    (standardised numbers, missing flags, one-hots). ``EBM``: interpret's ``ExplainableBoostingClassifier``
+    (``...Regressor``) on the raw columns (``train_frame``/``test_frame``, DataFrames of the input columns; it
+    bins numbers and handles categories and missing values itself). Both seeded.
     """
-    from interpret.glassbox import ExplainableBoostingClassifier
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    from interpret.glassbox import ExplainableBoostingClassifier, ExplainableBoostingRegressor
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
+    if task == "regression":
+        boosted = HistGradientBoostingRegressor(random_state=seed).fit(train_z, train_y)
+        ebm = ExplainableBoostingRegressor(random_state=seed, n_jobs=1).fit(train_frame, train_y)
+        return {"gradient boosting": boosted.predict(test_z)[:, None], "EBM": ebm.predict(test_frame)[:, None]}
     boosted = HistGradientBoostingClassifier(random_state=seed).fit(train_z, train_y)
     ebm = ExplainableBoostingClassifier(random_state=seed, n_jobs=1).fit(train_frame, train_y)
     return {"gradient boosting": boosted.predict_proba(test_z), "EBM": ebm.predict_proba(test_frame)}

@@ -1,5 +1,5 @@
-"""Accuracy tables in the shape of the paper's Table 1, ROC AUC of any model's scores, and per-sample
-explanation timings."""
+"""Accuracy tables in the shape of the paper's Table 1, each model's test metrics from its outputs (accuracy
+and ROC AUC; RMSE, MAE and R² for regression), and per-sample explanation timings."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from ngsll.errors import InputError
 from ngsll.explain import sparse_explanation
 from ngsll.model import NGSLL, DNNClassifier
+from ngsll.target import TargetScale, regression_metrics
 from ngsll.train import logits_of
 
 
@@ -103,6 +104,44 @@ def roc_auc(y: np.ndarray, scores: np.ndarray, task: str, probabilities: bool = 
         shifted = np.exp(scores - scores.max(axis=1, keepdims=True))  # (N, C)
         scores = shifted / shifted.sum(axis=1, keepdims=True)
     return float(roc_auc_score(y, scores, multi_class="ovr", labels=np.arange(num_classes)))
+
+
+METRIC_TITLES = {"accuracy": "test accuracy", "auc": "test ROC AUC", "r2": "test R²", "rmse": "test RMSE",
+                 "mae": "test MAE"}
+
+
+def primary_metric(task: str) -> str:
+    """The metric a task's tables, plots and registry tags lead with: accuracy, or R² for regression."""
+    return "r2" if task == "regression" else "accuracy"
+
+
+def output_metrics(y: np.ndarray, outputs: np.ndarray, task: str, probabilities: bool = False,
+                   scale: TargetScale | None = None) -> dict[str, float]:
+    """Test metrics of one model from its outputs: accuracy (and ROC AUC where defined) for classes; RMSE,
+    MAE and R² in the target's own units for regression.
+
+    Args:
+        y: (N,) class indices, or the standardised target for regression.
+        outputs: (N, C) logits / decision values (binary: C = 1, the positive class's score), or class
+            probabilities with ``probabilities``; regression: (N, 1) standardised predictions.
+        task: ``binary``, ``multiclass`` or ``regression`` (which needs the target's ``scale``).
+    """
+    if outputs.ndim != 2 or len(outputs) != len(y):
+        raise InputError(f"outputs must have shape (N={len(y)}, C), got {outputs.shape}")
+    if task == "regression":
+        if scale is None:
+            raise InputError("regression metrics need the target's scale (features.json's target)")
+        return regression_metrics(scale.restore(np.asarray(y, dtype=np.float64)),
+                                  scale.restore(outputs[:, 0].astype(np.float64)))
+    if outputs.shape[1] > 1:
+        predicted = outputs.argmax(axis=1)  # (N,)
+    else:
+        predicted = (outputs[:, 0] > (0.5 if probabilities else 0.0)).astype(np.int64)  # (N,)
+    metrics = {"accuracy": float((predicted == y).mean())}
+    auc = roc_auc(y, outputs, task, probabilities)
+    if auc is not None:
+        metrics["auc"] = auc
+    return metrics
 
 
 def format_table(

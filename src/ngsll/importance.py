@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 
 from ngsll.errors import InputError
 from ngsll.explain import answered_class, answered_class_weights
@@ -21,10 +21,13 @@ from ngsll.train import TensorData, predict_labels
 @torch.inference_mode()
 def answered_weights(model: NGSLL, x: torch.Tensor, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(B, d) sparse weights of the answered output (the logit for binary models) and (B,) predicted
-    labels for one batch, as NumPy arrays: the local linear models NormLIME aggregates."""
+    labels for one batch, as NumPy arrays: the local linear models NormLIME aggregates. A regression model
+    has one output, so every sample's label is 0 (NormLIME's one "class": the target)."""
     model.eval()
     output = model(x, z)
     _, weights = answered_class_weights(output, model.args.task)  # (B, d)
+    if model.args.task == "regression":
+        return weights.cpu().numpy(), np.zeros(len(weights), dtype=np.int64)
     predicted = predict_labels(output.logits, model.args.task)  # (B,)
     return weights.cpu().numpy(), predicted.cpu().numpy()
 
@@ -48,7 +51,8 @@ class GradientView:
     each token's embedding, summed over the tokens that are the feature's word; for tables, see
     :func:`table_gradient_view`. mean_gradient: (d,) the
     logit's row for binary models, the mean |row| over classes otherwise (a ranking). surrogate_agreement:
-    how often the linear surrogate (sign of z^T g, or argmax_c z^T g_c) agrees with the DNN's decision.
+    how often the linear surrogate (sign of z^T g, or argmax_c z^T g_c) agrees with the DNN's decision (for
+    regression: on which side of the training mean, the standardised 0, the prediction falls).
     """
 
     class_gradient: np.ndarray
@@ -186,12 +190,14 @@ def keep_and_retrain(
     test_z: np.ndarray,
     test_y: np.ndarray,
     fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    task: str = "binary",
 ) -> dict[str, dict[float, float]]:
     """Error gain after removing the least important fraction of features by each ranking.
 
     For each ranking (feature -> importance, higher is more important) and fraction p, the
-    ``round(p * d)`` least important features are dropped, a logistic regression is retrained on the
-    rest of ``train_z`` and its test error is compared with the error using every feature.
+    ``round(p * d)`` least important features are dropped, a logistic regression (``task`` regression: a
+    ridge regression, error = RMSE in the units of ``test_y``) is retrained on the rest of ``train_z`` and
+    its test error is compared with the error using every feature.
 
     Returns:
         ``{ranking: {p: test error(p) - test error(all features)}}``.
@@ -201,7 +207,7 @@ def keep_and_retrain(
         from scipy import sparse
 
         train_z, test_z = sparse.csc_matrix(train_z), sparse.csc_matrix(test_z)
-    baseline_error = _retrained_error(train_z, train_y, test_z, test_y, np.arange(num_features))
+    baseline_error = _retrained_error(train_z, train_y, test_z, test_y, np.arange(num_features), task)
     gains: dict[str, dict[float, float]] = {}
     for name, importance in rankings.items():
         if importance.shape != (num_features,):
@@ -210,11 +216,15 @@ def keep_and_retrain(
         gains[name] = {}
         for fraction in fractions:
             kept = np.sort(order[int(round(fraction * num_features)) :])
-            gains[name][fraction] = _retrained_error(train_z, train_y, test_z, test_y, kept) - baseline_error
+            gains[name][fraction] = _retrained_error(train_z, train_y, test_z, test_y, kept, task) - baseline_error
     return gains
 
 
-def _retrained_error(train_z, train_y, test_z, test_y, kept: np.ndarray) -> float:
+def _retrained_error(train_z, train_y, test_z, test_y, kept: np.ndarray, task: str = "binary") -> float:
+    """Test error rate of a logistic regression on the ``kept`` features (regression: RMSE of a ridge)."""
+    if task == "regression":
+        predicted = Ridge(alpha=1.0).fit(train_z[:, kept], train_y).predict(test_z[:, kept])
+        return float(np.sqrt(((predicted - test_y) ** 2).mean()))
     classifier = LogisticRegression(max_iter=500).fit(train_z[:, kept], train_y)
     return float((classifier.predict(test_z[:, kept]) != test_y).mean())
 

@@ -64,37 +64,44 @@ def weight_overlay_figure(
 
 
 def training_curves_figure(histories: dict[str, list[dict[str, float]]]) -> Figure:
-    """Loss (train and validation) and validation accuracy per epoch for each named phase."""
+    """Loss (train and validation) and validation accuracy (regression: validation MSE of the standardised
+    target) per epoch for each named phase."""
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.5))
+    metric = "accuracy"
     for name, history in histories.items():
         epochs = [row["epoch"] for row in history]
         line = loss_axis.plot(epochs, [row["val_loss"] for row in history], label=f"{name} val")[0]
         loss_axis.plot(epochs, [row["train_loss"] for row in history], "--", color=line.get_color(), label=f"{name} train")
-        if "val_accuracy" in history[0]:
-            accuracy_axis.plot(epochs, [row["val_accuracy"] for row in history], label=name, color=line.get_color())
+        metric = "accuracy" if "val_accuracy" in history[0] else "mse"
+        if f"val_{metric}" in history[0]:
+            accuracy_axis.plot(epochs, [row[f"val_{metric}"] for row in history], label=name, color=line.get_color())
     loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
-    accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+    label = "accuracy" if metric == "accuracy" else "MSE (standardised target)"
+    accuracy_axis.set(xlabel="epoch", ylabel=label, title=f"validation {label}")
     loss_axis.legend(fontsize=7)
     accuracy_axis.legend(fontsize=7)
     figure.tight_layout()
     return figure
 
 
-def accuracy_vs_k_figure(accuracy: dict[str, dict[int, float]], ks: Sequence[int]) -> Figure:
-    """Test accuracy against K for every model; models constant in K are drawn as flat lines."""
+def accuracy_vs_k_figure(accuracy: dict[str, dict[int, float]], ks: Sequence[int],
+                         metric: str = "test accuracy") -> Figure:
+    """Test accuracy (or another ``metric``: R² for regression) against K for every model; models constant in K
+    are drawn as flat lines."""
     figure, axis = plt.subplots(figsize=(5.5, 3.8))
     for name, row in accuracy.items():
         values = [row.get(k, next(iter(row.values())) if len(row) == 1 else np.nan) for k in ks]
         axis.plot(ks, values, marker="o", label=name)
-    axis.set(xlabel="K (features kept)", ylabel="test accuracy", title="accuracy versus K", xticks=list(ks))
+    axis.set(xlabel="K (features kept)", ylabel=metric, title=f"{metric.removeprefix('test ')} versus K",
+             xticks=list(ks))
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
 
 
-def faithfulness_figure(gains: dict[str, dict[str, dict[float, float]]]) -> Figure:
-    """Keep-And-Retrain curves: test-error gain against the fraction of features removed, per ranking.
+def faithfulness_figure(gains: dict[str, dict[str, dict[float, float]]], measure: str = "test error gain") -> Figure:
+    """Keep-And-Retrain curves: test-error gain (``measure``) against the fraction of features removed, per ranking.
 
     ``gains`` maps a panel title (e.g. ``K=5``) -> ranking -> fraction -> error gain.
     """
@@ -105,7 +112,7 @@ def faithfulness_figure(gains: dict[str, dict[str, dict[float, float]]]) -> Figu
             axis.plot([100 * f for f in fractions], [curve[f] for f in fractions], marker="o", markersize=3, label=name)
         axis.set(title=title, xlabel="% of features removed (least important first)")
         axis.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("test error gain")
+    axes[0, 0].set_ylabel(measure)
     axes[0, -1].legend(fontsize=7)
     figure.tight_layout()
     return figure
