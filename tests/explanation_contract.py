@@ -31,6 +31,8 @@ def check_answer_invariants(answer: dict) -> None:
     assert sum(w["contribution"] for w in weights) == pytest.approx(logit, abs=1e-4)
     for entry in weights:
         assert entry["contribution"] == pytest.approx(entry["weight"] * entry["value"], abs=1e-6)
+    if "value" in answer:  # regression: the prediction in the target's units is its label
+        assert answer["label"] == answer["value"] and answer["probabilities"] == {}
     magnitudes = [abs(w["contribution"]) for w in weights]
     assert magnitudes == sorted(magnitudes, reverse=True)
     assert len({w["index"] for w in weights}) == len(weights)
@@ -65,7 +67,10 @@ def v2_outputs(response: dict, k: int) -> dict[str, np.ndarray]:
 def same_as_v1(arrays: dict[str, np.ndarray], answers: list[dict]) -> None:
     """v2 arrays say what the v1 answers say: labels, probabilities, the answered logit and the weights."""
     for row, answer in enumerate(answers):
-        assert arrays["label"][row] == answer["label"]
+        if "value" in answer:  # regression: the value in the target's units, as text in v2
+            assert float(arrays["label"][row]) == pytest.approx(answer["value"], rel=1e-6)
+        else:
+            assert arrays["label"][row] == answer["label"]
         assert list(arrays["probabilities"][row]) == pytest.approx(list(answer["probabilities"].values()), abs=1e-6)
         logit = answer["logits"][answer["label"]] if "logits" in answer else answer["logit"]
         assert arrays["logit"][row] == pytest.approx(logit, abs=1e-5)

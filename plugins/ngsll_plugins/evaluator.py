@@ -98,6 +98,9 @@ class NGSLLEvaluator(ModelEvaluator):
         from ngsll.serving import ImageService
 
         service = model.unwrap_python_model().service  # ngsll_plugins.pyfunc.NGSLLPyfunc's service
+        if service.model.args.task == "regression":
+            raise MlflowException("the ngsll evaluator scores NGSLL classifiers; this model is a regression model: "
+                                  "its test R², RMSE and MAE come from the pipeline's evaluate stage (evaluate.json)")
         labels = class_indices(dataset.labels_data, service.class_names)
         if isinstance(service, ImageService):
             evaluation = _ImageEvaluation(service, dataset.features_data)

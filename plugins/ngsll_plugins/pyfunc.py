@@ -7,7 +7,8 @@ signature; the unwrapped model also takes a list of strings). Table models: a Da
 columns, one row per record (or a list of record dicts). Either way it returns one row per sample with
 ``label, class_index, probability, logit, k, weights`` where ``logit`` is the answered class's logit and
 ``weights`` is the JSON list of ``{feature, index, weight, value, contribution}`` sorted by |contribution|
-(``feature`` a ``r3c4`` cell or a word); the contributions add up to ``logit``.
+(``feature`` a ``r3c4`` cell or a word); the contributions add up to ``logit``. Regression: ``label`` is the
+prediction in the target's units (target mean + std * ``logit``), ``probability`` NaN.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class NGSLLPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({
             "label": [a["label"] for a in answers],
             "class_index": [a["class_index"] for a in answers],
-            "probability": [a["probabilities"][a["label"]] for a in answers],
+            "probability": [a["probabilities"].get(a["label"], float("nan")) for a in answers],  # regression: NaN
             "logit": [a["logits"][a["label"]] if "logits" in a else a.get("logit", float("nan")) for a in answers],
             "k": [a["k"] for a in answers],
             "weights": [json.dumps(a["weights"]) for a in answers],

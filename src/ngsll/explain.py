@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ngsll.model import NGSLL, NGSLLOutput
+from ngsll.target import TargetScale
 from ngsll.train import predict_labels
 
 
@@ -104,25 +105,29 @@ def class_probabilities(logits: torch.Tensor, task: str) -> torch.Tensor | None:
 
 @torch.inference_mode()
 def predict_explain(
-    model: NGSLL, x: torch.Tensor, z: torch.Tensor, feature_names: list[str], class_names: list[str]
+    model: NGSLL, x: torch.Tensor, z: torch.Tensor, feature_names: list[str], class_names: list[str],
+    target: TargetScale | None = None,
 ) -> list[dict[str, Any]]:
     """One batched forward pass -> per sample the prediction **and** its named top-K weights.
 
     See :func:`answers_from_output` for the fields of each answer.
     """
     model.eval()
-    return answers_from_output(model(x, z), z, model.args.k, model.args.task, feature_names, class_names)
+    return answers_from_output(model(x, z), z, model.args.k, model.args.task, feature_names, class_names, target)
 
 
 def answers_from_output(
-    output: NGSLLOutput, z: torch.Tensor, k: int, task: str, feature_names: list[str], class_names: list[str]
+    output: NGSLLOutput, z: torch.Tensor, k: int, task: str, feature_names: list[str], class_names: list[str],
+    target: TargetScale | None = None,
 ) -> list[dict[str, Any]]:
     """Per-sample answers from an evaluation-mode forward output.
 
     Each answer: ``label`` (class name, or the value for regression), ``class_index``, ``probabilities``
     (class name -> probability), ``logit`` (binary/regression) or ``logits`` (multi-class, by class name),
     ``k`` and ``weights`` (see :func:`explanation_records`), whose contributions add up to the logit of
-    the answered class.
+    the answered class. Regression: ``logit`` is the model's output for the standardised target (what the
+    contributions add up to) and ``label`` = ``value`` = ``target.mean + target.std * logit``, the
+    prediction in the target's own units (the logit itself without a ``target`` scale).
     """
     records = explanation_records(sparse_explanation(output, z, k, task), feature_names)
     logits = output.logits.cpu().tolist()
@@ -132,7 +137,8 @@ def answers_from_output(
     answers = []
     for row, weights in enumerate(records):
         if task == "regression":
-            answer = {"label": logits[row][0], "class_index": 0, "probabilities": {}, "logit": logits[row][0]}
+            value = target.restore(logits[row][0]) if target is not None else logits[row][0]
+            answer = {"label": value, "value": value, "class_index": 0, "probabilities": {}, "logit": logits[row][0]}
         else:
             answer = {
                 "label": class_names[predicted[row]],

@@ -53,6 +53,7 @@ from ngsll.explain import answers_from_output, class_probabilities, predict_labe
 from ngsll.model import NGSLL
 from ngsll.simplify import image_inputs
 from ngsll.table import RecordError, TableEncoder
+from ngsll.target import TargetScale
 from ngsll.text import TextEncoder, tokenize
 
 ACCEPTED_IMAGE = (
@@ -133,6 +134,7 @@ class Service(ABC):
         self.model = model.eval()
         self.feature_names, self.class_names = list(feature_names), list(class_names)
         self.max_bytes = max_bytes
+        self.target: TargetScale | None = None  # a regression model's target scale (load_service sets it)
         self.device = next(model.parameters()).device
         self.capture: CaptureSink | None = None  # set by a server: every answered batch is offered to it
 
@@ -246,7 +248,9 @@ class Service(ABC):
         answered_logit = output.logits.gather(1, explanation.class_index[:, None])[:, 0]  # (n,)
         probabilities = class_probabilities(output.logits, args.task)  # (n, C) or None
         if args.task == "regression":
-            labels = np.asarray([str(v) for v in answered_logit.cpu().tolist()], dtype=object)
+            values = answered_logit.cpu().numpy().astype(np.float64)  # (n,) standardised
+            values = self.target.restore(values) if self.target is not None else values
+            labels = np.asarray([str(v) for v in values.tolist()], dtype=object)
             probabilities = torch.zeros(len(z_t), 0)
             predicted = np.zeros(len(z_t), dtype=np.int64)
         else:
@@ -309,12 +313,14 @@ class Service(ABC):
         """Answers for one batch and, with ``explain``, (n, d) the answered class's gated weights (else None)."""
         output, z_t = self._run(x, z)
         args = self.model.args
-        answers = answers_from_output(output, z_t, args.k, args.task, self.feature_names, self.class_names)
+        answers = answers_from_output(output, z_t, args.k, args.task, self.feature_names, self.class_names,
+                                      self.target)
         if not explain:
             return answers, None
         weights = output.weights.cpu().numpy()  # (n, d, C)
         multi = weights.shape[2] > 1
-        names = self.class_names if multi else [f"logit({self.class_names[-1]})"]
+        output_name = self.class_names[-1] if self.class_names else self.target.name if self.target else "target"
+        names = self.class_names if multi else [f"logit({output_name})"]
         for answer, sample_weights in zip(answers, weights):
             answer["class_weights"] = {
                 entry["feature"]: dict(zip(names, sample_weights[entry["index"]].tolist()))
@@ -597,6 +603,17 @@ def load_service(
     model = model_from_checkpoint(checkpoint).to(device)
     if not isinstance(model, NGSLL):
         raise ConfigError(f"{checkpoint_path} holds a {model.args.kind} model; only NGSLL models are served")
+    service = _service(model, features, checkpoint_path, encoder_path, max_bytes)
+    if model.args.task == "regression":
+        if "target" not in features:
+            raise ConfigError(f"{features_path} lacks the target's scale (target: name, mean, std) that a regression "
+                              "model's answers are restored with")
+        service.target = TargetScale.from_dict(features["target"])
+    return service
+
+
+def _service(model: NGSLL, features: dict[str, Any], checkpoint_path: str | Path, encoder_path: str | Path | None,
+             max_bytes: int) -> ImageService | TextService | TableService:
     if model.args.input_kind == "image":
         return ImageService(model, features["feature_names"], features["class_names"], max_bytes,
                             spec=features.get("image"))
