@@ -14,7 +14,7 @@ experiment stays in ``dvc exp show`` / the MLflow UI afterwards.
 
 Prints one Markdown table per dataset: mean (± std) over seeds, the paper's number beside ours where the
 paper has one, and the device each figure was measured on; and the same for the test ROC AUC (tables'
-usual measure) where the evaluate stage could compute it.
+usual measure) where the evaluate stage could compute it; a regression dataset gets R² and RMSE instead.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ PAPER = {
 # One epoch per phase: enough to exercise every stage of every seed in minutes, not to reach the paper.
 QUICK_OVERRIDES = [f"defaults.{kind}.train.{phase}.max_epochs=1"
                    for kind in ("image", "text", "table") for phase in ("coarse", "fine", "dnn")]
+
+
+METRICS = (("test_accuracy", "test accuracy"), ("test_auc", "test ROC AUC"), ("test_r2", "test R²"),
+           ("test_rmse", "test RMSE (the target's units)"))
 
 
 def target(dataset: str) -> str:
@@ -101,8 +105,8 @@ def collect(repo: Path, names: list[str], datasets: list[str]) -> dict[str, list
 
 
 def summary_table(dataset: str, runs: list[dict[str, Any]], metric: str = "test_accuracy") -> str:
-    """Markdown: one row per model, one column per K, ``mean (± std)`` of ``metric`` (``test_accuracy`` or
-    ``test_auc``) over runs and, for accuracy, ``[paper x]``."""
+    """Markdown: one row per model, one column per K, ``mean (± std)`` of ``metric`` (``test_accuracy``,
+    ``test_auc``; for regression ``test_r2``, ``test_rmse``) over runs and, for accuracy, ``[paper x]``."""
     accuracy = [run[metric] for run in runs]
     models = list(accuracy[0])
     ks = sorted({int(k) for row in accuracy[0].values() for k in row if k != "0"})
@@ -144,11 +148,10 @@ def main() -> None:
         names.append(name)
     for dataset, runs in collect(REPO, names, datasets).items():
         mode = "quick (one epoch per phase)" if args.quick else "full"
-        print(f"\n### {dataset}: test accuracy over seeds {seeds}, {mode}\n")
-        print(summary_table(dataset, runs))
-        if all(run.get("test_auc") for run in runs):  # classification where every class is in the test split
-            print(f"\n### {dataset}: test ROC AUC over seeds {seeds}, {mode}\n")
-            print(summary_table(dataset, runs, "test_auc"))
+        for metric, title in METRICS:  # accuracy (and AUC where every class is in the test split), or R², RMSE
+            if all(run.get(metric) for run in runs):
+                print(f"\n### {dataset}: {title} over seeds {seeds}, {mode}\n")
+                print(summary_table(dataset, runs, metric))
 
 
 if __name__ == "__main__":

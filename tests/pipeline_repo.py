@@ -1,5 +1,6 @@
 """Build a temporary git + DVC repository of this repository's pipeline with tiny parameters, and the tiny
-user data files it runs on (a fake MNIST, a CSV of sentences, an RGB folder of shapes, a credit table).
+user data files it runs on (a fake MNIST, a CSV of sentences, an RGB folder of shapes, a credit table, a
+regression table of flat prices).
 
 Shared by the real-pipeline tests (``test_pipeline.py``: one repository, every dataset to its archive) and the
 failure-path tests (``test_pipeline_failures.py``: one repository per broken input).
@@ -84,10 +85,26 @@ def write_applicants(path: Path, rows: int = 120) -> Path:
     return path
 
 
+def write_prices(path: Path, rows: int = 120) -> Path:
+    """A tiny regression table: a flat's price (around 300,000, so training must standardise it) from its area,
+    its district (a category) and its age (two gaps): 2,500 per square metre, +60,000 in the centre, -1,000 a
+    year, plus noise."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"area": rng.uniform(30, 150, rows).round(1), "district": rng.choice(["centre", "north",
+                                                                                               "south"], rows),
+                          "age": rng.integers(0, 80, rows).astype(float)})
+    frame["price"] = (2500 * frame["area"] + 60000 * (frame["district"] == "centre") - 1000 * frame["age"]
+                      + 50000 + rng.normal(0, 5000, rows)).round()
+    frame.loc[[2, 9], "age"] = np.nan
+    frame.to_csv(path, index=False)
+    return path
+
+
 def tiny_params(source: str, data_path: Path, sentences: Path, shapes: Path | None = None,
-                applicants: Path | None = None) -> dict:
+                applicants: Path | None = None, prices: Path | None = None) -> dict:
     """The repository's params with tiny models and epochs; datasets mnist (a user copy at ``data_path``),
-    tiny (the user CSV), with ``shapes`` the RGB image folder and with ``applicants`` the credit table."""
+    tiny (the user CSV), with ``shapes`` the RGB image folder, with ``applicants`` the credit table and with
+    ``prices`` the regression table."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["device"] = "cpu"
     image, text, table = params["defaults"]["image"], params["defaults"]["text"], params["defaults"]["table"]
@@ -133,6 +150,13 @@ def tiny_params(source: str, data_path: Path, sentences: Path, shapes: Path | No
             "validate": {"ranges": {"age": [18, 100]}}, "model": {}, "train": {}, "serve": {},
         }
         params["run"].append("credit")
+    if prices is not None:
+        params["datasets"]["prices"] = {
+            "kind": "table", "description": "tiny flat prices",
+            "data": {"source": "file", "path": str(prices), "label_column": "price", "task": "regression"},
+            "validate": {"label_range": [0, 2000000]}, "model": {}, "train": {}, "serve": {},
+        }
+        params["run"].append("prices")
     return params
 
 

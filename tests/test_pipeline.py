@@ -31,7 +31,7 @@ import yaml
 from PIL import Image
 
 from pipeline_repo import (
-    REPO, environment, make_repo, run, tiny_params, write_applicants, write_sentences, write_shapes,
+    REPO, environment, make_repo, run, tiny_params, write_applicants, write_prices, write_sentences, write_shapes,
 )
 from test_data import fake_mnist, write_idx
 from ngsll.checkpoint import model_from_checkpoint
@@ -39,7 +39,7 @@ from ngsll.data.mnist import IDX_FILES
 from ngsll_plugins.torchserve import free_ports
 
 pytestmark = pytest.mark.slow
-DATASETS = ("mnist", "tiny", "shapes", "credit")  # the pipeline_repo fixture's run
+DATASETS = ("mnist", "tiny", "shapes", "credit", "prices")  # the pipeline_repo fixture's run
 SOURCES = {f"source@{name}" for name in DATASETS}  # always run: they fingerprint each dataset's own files
 
 
@@ -51,7 +51,7 @@ def pipeline_repo(tmp_path_factory) -> Path:
     for name, array in fake_mnist(train=120, test=30).items():
         write_idx(data_dir / f"{IDX_FILES[name]}.gz", array)
     params = tiny_params("idx", data_dir, write_sentences(root / "reviews.csv"), write_shapes(root / "shapes"),
-                         write_applicants(root / "applicants.csv"))
+                         write_applicants(root / "applicants.csv"), write_prices(root / "prices.csv"))
     repo = make_repo(root, params)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "pipeline"], repo)  # so runs and model versions name a commit
@@ -188,6 +188,42 @@ def test_your_own_table_goes_from_its_csv_to_a_card_and_an_archive(pipeline_repo
         assert {"encoder.json", "features.json", "ngsll_handler.py", "k3.pt"} <= set(archive.namelist())
     sample = json.loads((serve / "sample/sample.json").read_text())
     assert set(sample) >= {"age", "amount", "housing", "job"}
+
+
+def test_a_regression_table_is_trained_scored_and_carded_in_its_targets_units(pipeline_repo: Path) -> None:
+    """task: regression end to end: a numeric label gated by its range, standardised for training, R² / RMSE /
+    MAE in euros beside regressor baselines, NormLIME over the one output, a card and an archive."""
+    features = json.loads((pipeline_repo / "data/prepared/prices/features.json").read_text())
+    assert features["task"] == "regression" and features["class_names"] == []
+    target = features["target"]
+    assert target["name"] == "price" and 150_000 < target["mean"] < 450_000 and target["std"] > 10_000
+    train = np.load(pipeline_repo / "data/prepared/prices/train.npz")
+    assert train["y"].dtype == np.float32 and abs(float(train["y"].mean())) < 1e-5  # standardised on its own rows
+    raw_gate = json.loads((pipeline_repo / "reports/prices/validation/raw.json").read_text())
+    checks = {(c["expectation_config"]["type"], c["expectation_config"]["kwargs"].get("column"))
+              for suite in raw_gate["results"].values() for c in suite["results"]}
+    assert ("expect_column_values_to_be_between", "label") in checks  # validate.label_range
+    assert ("expect_column_values_to_be_in_set", "label") not in checks  # no class set
+    checkpoint = torch.load(pipeline_repo / "models/prices/fine/k3.pt", weights_only=True)
+    assert (checkpoint["model_args"]["task"], checkpoint["model_args"]["num_classes"]) == ("regression", 1)
+    metrics = json.loads((pipeline_repo / "metrics/prices/evaluate.json").read_text())
+    assert "test_accuracy" not in metrics and set(metrics["test_r2"]) == {
+        "NGSLL", "NGSLL (w/o K-HGM)", "Ridge", "Lasso", "DNN", "Gradient boosting", "EBM"}  # no logistic
+    assert metrics["test_r2"]["EBM"]["0"] > 0.8 and metrics["test_rmse"]["EBM"]["0"] < target["std"]  # in euros
+    importance = json.loads((pipeline_repo / "reports/prices/explain/importance.json").read_text())
+    assert importance["class_names"] == ["price"] and set(importance["top_features_by_class"]) == {"price"}
+    assert "test RMSE gain" in (pipeline_repo / "reports/prices/explain/faithfulness.md").read_text()
+    card = (pipeline_repo / "reports/prices/model_card.md").read_text()
+    assert "[missing:" not in card and "regression of `price`" in card and "| test R² | K = 1 | K = 3 |" in card
+    assert "tabular-regression" in card and "### By output" in card
+    with zipfile.ZipFile(pipeline_repo / "models/prices/serve/model-store/ngsll-prices.mar") as archive:
+        assert json.loads(archive.read("features.json"))["target"] == target
+    from mlflow import MlflowClient
+
+    champion = MlflowClient(tracking_uri=f"sqlite:///{pipeline_repo / 'mlflow.db'}").get_model_version_by_alias(
+        "ngsll-prices", "champion")
+    assert float(champion.tags["test_rmse"]) == pytest.approx(metrics["test_rmse"]["NGSLL"]["3"], rel=1e-3)
+    assert "test_r2" in champion.tags and "test_accuracy" not in champion.tags
 
 
 def ran_stages(output: str) -> set[str]:
@@ -449,12 +485,12 @@ def test_the_table_archive_served_by_torchserve_explains_records_and_names_what_
 
 def test_every_packaged_dataset_is_served_by_kserve_v1_and_v2_alike(pipeline_repo: Path) -> None:
     """`python -m ngsll_plugins.kserve_server start models/<name>/serve` (make serve SERVER=kserve) on the
-    RGB archive, the text archive and the table archive the pipeline packaged: v1 answers and v2 tensors say
-    the same."""
+    RGB archive, the text archive and the table archives (classes and regression) the pipeline packaged: v1
+    answers and v2 tensors say the same."""
     from explanation_contract import check_served, same_as_v1, v2_outputs
 
     command = [sys.executable, "-m", "ngsll_plugins.kserve_server"]
-    for name in ("shapes", "tiny", "credit"):
+    for name in ("shapes", "tiny", "credit", "prices"):
         serve_dir = pipeline_repo / f"models/{name}/serve"
         config = json.loads((serve_dir / "config/kserve.json").read_text())
         assert config["model_name"] == f"ngsll-{name}" and config["host"] == "127.0.0.1"
@@ -473,6 +509,10 @@ def test_every_packaged_dataset_is_served_by_kserve_v1_and_v2_alike(pipeline_rep
             assert started.returncode == 0, started.stderr[-3000:]
             answer = post(f"/v1/models/ngsll-{name}:predict", sample)
             check_served(answer)
+            if name == "prices":  # the value in euros: the training mean plus std times what the weights add up to
+                target = json.loads((pipeline_repo / "data/prepared/prices/features.json").read_text())["target"]
+                contributions = sum(w["contribution"] for w in answer["weights"])
+                assert answer["value"] == pytest.approx(target["mean"] + target["std"] * contributions, rel=1e-5)
             if name == "shapes":
                 pixels = np.asarray(sample["image"], dtype=np.float32)  # (24, 32, 3)
                 tensor = {"name": "image", "datatype": "FP32", "shape": [1, *pixels.shape], "data": pixels.ravel().tolist()}
