@@ -19,7 +19,7 @@ import json
 import pandas as pd
 
 from ngsll.baselines import fit_linear_baseline, fit_tree_baselines, linear_models_for, tree_output_key
-from ngsll.config import section
+from ngsll.config import section, task_of
 from stage_io import load_params, load_split, log, read_json, save_arrays, setup_logging
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     train = load_split(args.data_dir / "train.npz")
     features = read_json(args.data_dir / "features.json")
     num_classes = len(features["class_names"])
-    task = "regression" if features.get("task") == "regression" else "binary" if num_classes == 2 else "multiclass"
+    task = task_of(features)
     table = features.get("kind") == "table"
     fitted = {"task": np.array(task)}
     for name in linear_models_for(table, task):

@@ -17,7 +17,7 @@ import torch
 
 from ngsll.card import render_html, render_markdown
 from ngsll.checkpoint import model_from_checkpoint
-from ngsll.config import DatasetSettings, dataset_settings
+from ngsll.config import DatasetSettings, dataset_settings, task_of
 from ngsll.evaluation import METRIC_TITLES, format_table, primary_metric
 from ngsll.explain import predict_explain
 from ngsll.target import TargetScale
@@ -42,7 +42,7 @@ def examples(checkpoint: dict, split, features: dict, per_class: int = 2) -> lis
     the target's range): what was shown, the answer, the features."""
     model = model_from_checkpoint(checkpoint)
     classes = features["class_names"]
-    target = TargetScale.from_dict(features["target"]) if features.get("task") == "regression" else None
+    target = TargetScale.from_dict(features["target"]) if task_of(features) == "regression" else None
     if target is None:
         per_class = 1 if len(classes) > 4 else per_class
         chosen = [int(i) for c in range(len(classes)) for i in (split.y == c).nonzero()[0][:per_class]]

@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from ngsll.config import DatasetSettings, dataset_settings, section
+from ngsll.config import DatasetSettings, dataset_settings, section, task_of
 from ngsll.evaluation import format_table
 from ngsll.importance import (
     GradientView, accumulate_normlime, input_gradient_view, keep_and_retrain, lime_local_weights, table_gradient_view,
@@ -139,7 +139,7 @@ def main() -> None:
     if settings["engine"] not in ENGINES:
         raise SystemExit(f"explain.engine must be one of {ENGINES}, got {settings['engine']!r}")
     features = read_json(args.data_dir / "features.json")
-    task = "regression" if features.get("task") == "regression" else "classification"
+    task = "regression" if task_of(features) == "regression" else "classification"
     names = features["feature_names"]
     classes = [features["target"]["name"]] if task == "regression" else features["class_names"]  # NormLIME's outputs
     device = pick_device(params.get("device", "auto"))

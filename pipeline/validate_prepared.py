@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ngsll.config import dataset_settings
+from ngsll.config import dataset_settings, task_of
 from ngsll.errors import ConfigError
 from ngsll.quality import disjoint_checks, prepared_checks, prepared_frame, run_checks
 from stage_io import finish_gate, load_params, one_line_errors, read_json, setup_logging
@@ -35,7 +35,7 @@ def main() -> None:
     dataset = dataset_settings(load_params(args.params), args.dataset)
     features = read_json(args.data_dir / "features.json")
     classes = features["class_names"]
-    regression = features.get("task") == "regression"
+    regression = task_of(features) == "regression"
     expected_shares = dataset.validate.get("class_share") or {}
     if regression and expected_shares:
         raise ConfigError(f"datasets.{args.dataset}.validate.class_share is for classes; the task is regression")

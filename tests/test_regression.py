@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ngsll.config import task_of
 from ngsll.data.images import RawImages, image_splits
 from ngsll.data.labels import LabelError, numeric_target, target_strata
 from ngsll.data.table import RawTable, read_table_source
@@ -21,6 +22,12 @@ from ngsll.serving import TableService
 from ngsll.table import TableEncoder
 from ngsll.target import TargetScale, regression_metrics
 from ngsll.train import PhaseConfig, TensorData, seed_everything, train_phase
+
+
+def test_the_task_is_read_from_prepared_features() -> None:
+    assert task_of({"task": "regression", "class_names": []}) == "regression"
+    assert task_of({"class_names": ["no", "yes"]}) == "binary"
+    assert task_of({"class_names": ["a", "b", "c"]}) == "multiclass"
 
 
 def test_regression_metrics_match_a_hand_computation() -> None:

@@ -106,6 +106,14 @@ def dataset_settings(params: dict[str, Any], dataset: str) -> DatasetSettings:
                            section(merged, "train"), serve, tracking)
 
 
+def task_of(features: dict[str, Any]) -> str:
+    """The task a prepared ``features.json`` describes: ``regression`` when it says so, else ``binary`` for two
+    classes and ``multiclass`` for more."""
+    if features.get("task") == "regression":
+        return "regression"
+    return "binary" if len(features["class_names"]) == 2 else "multiclass"
+
+
 def model_args(
     settings: DatasetSettings, features: dict[str, Any], kind: str = "ngsll", use_gate: bool = True,
     k: int | None = None,
@@ -118,13 +126,13 @@ def model_args(
     (``numeric_inputs``, ``category_sizes``) for tables.
     """
     model, coarse = settings.model, settings.train["coarse"]
-    regression = features.get("task") == "regression"
-    num_classes = 1 if regression else len(features["class_names"])
+    task = task_of(features)
+    num_classes = 1 if task == "regression" else len(features["class_names"])
     common = dict(
         kind=kind, hidden_layers=int(model["hidden_layers"]), hidden_units=int(model["hidden_units"]),
         k=int(k if k is not None else coarse["k"]), tau=float(coarse["tau"]), use_gate=use_gate,
         mask_zero_features=bool(model.get("mask_zero_features", True)),
-        task="regression" if regression else "binary" if num_classes == 2 else "multiclass", num_classes=num_classes,
+        task=task, num_classes=num_classes,
         num_features=len(features["feature_names"]),
     )
     if settings.kind == "image":
