@@ -1,7 +1,8 @@
 """Explanation cost per table row, measured side by side in one run: NGSLL versus TreeSHAP and LIME.
 
 * NGSLL: ms per row for the prediction **and** its top-K weights, one row at a time and batched (the
-  pipeline's fine checkpoints of a ``kind: table`` dataset).
+  pipeline's fine checkpoints of a ``kind: table`` dataset), in torch and through the numpy forward pass
+  the CPU serving path runs (:class:`ngsll.numpy_table.NumpyTableModel`, then the same top-K selection).
 * TreeSHAP: ``shap.TreeExplainer`` (exact, path-dependent) on scikit-learn's ``GradientBoostingClassifier``
   (100 trees of depth 3, the usual gradient-boosted model a credit team explains after the fact) fitted on
   the same simplified rows z, one row at a time and batched; it attributes every feature, so its cost does
@@ -34,21 +35,33 @@ from latency import explain_one_pass, optional_rows, table, timed  # noqa: E402
 
 from ngsll.checkpoint import model_from_checkpoint  # noqa: E402
 from ngsll.evaluation import format_table, model_logits, roc_auc  # noqa: E402
+from ngsll.explain import sparse_explanation  # noqa: E402
 from ngsll.model import NGSLL  # noqa: E402
+from ngsll.numpy_table import NumpyTableModel  # noqa: E402
 
 Rows = dict[str, dict[int, tuple[float, float]]]
 
 
+def explain_numpy(model: NumpyTableModel, x: np.ndarray, z: np.ndarray) -> None:
+    """What the CPU serving path does: the numpy forward pass, then the torch model's top-K selection."""
+    sparse_explanation(model(x, z), torch.from_numpy(z), model.args.k, model.args.task)
+
+
 def ngsll_rows(models: dict[int, NGSLL], x: np.ndarray, z: np.ndarray, samples: int) -> Rows:
-    """NGSLL's prediction + top-K weights: one row at a time (``samples`` rows), and the whole split batched."""
+    """NGSLL's prediction + top-K weights, in torch and through the numpy forward pass: one row at a time
+    (``samples`` rows), and the whole split batched."""
     xs, zs = torch.from_numpy(x), torch.from_numpy(z)
-    single, batched = {}, {}
+    rows: Rows = {}
     for k, model in models.items():
         model.eval()
-        times = [timed(lambda i=i: explain_one_pass(model, xs[i : i + 1], zs[i : i + 1]), 1)[0] for i in range(samples)]
-        single[k] = (statistics.fmean(times), statistics.pstdev(times))
-        batched[k] = (timed(lambda: explain_one_pass(model, xs, zs), 5)[0] / len(zs), 0.0)
-    return {"NGSLL, 1 row": single, f"NGSLL, batch of {len(zs)} (per row)": batched}
+        numpy_model = NumpyTableModel(model)
+        for engine, explain in (("torch", lambda part: explain_one_pass(model, xs[part], zs[part])),
+                                ("numpy", lambda part: explain_numpy(numpy_model, x[part], z[part]))):
+            times = [timed(lambda i=i: explain(slice(i, i + 1)), 1)[0] for i in range(samples)]
+            rows.setdefault(f"NGSLL {engine}, 1 row", {})[k] = (statistics.fmean(times), statistics.pstdev(times))
+            batched = timed(lambda: explain(slice(None)), 5)[0] / len(zs)
+            rows.setdefault(f"NGSLL {engine}, batch of {len(zs)} (per row)", {})[k] = (batched, 0.0)
+    return rows
 
 
 def tree_shap_rows(forest, z: np.ndarray, ks: list[int], samples: int) -> Rows:
@@ -124,7 +137,7 @@ def main() -> None:
     print(f"\n{args.data_dir}: {len(z)} test rows, {z.shape[1]} features; CPU threads: {torch.get_num_threads()}\n")
     for name, values in quality.items():
         print(format_table(values, args.ks, title=f"test {name}") + "\n")
-    print(table(rows, args.ks, reference="NGSLL, 1 row"))
+    print(table(rows, args.ks, reference="NGSLL numpy, 1 row"))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from ngsll.data.table import TableDataError, read_table_source
+from ngsll.errors import InputError
 from ngsll.model import ModelArgs, build_model
+from ngsll.numpy_table import NumpyTableModel
 from ngsll.serving import TableService
 from ngsll.table import RecordError, TableEncoder
 
@@ -156,3 +158,54 @@ def test_service_answers_records_and_refuses_bad_ones_without_losing_the_good(ta
         assert weight["value"] == pytest.approx(float(z[0, weight["index"]]), abs=1e-6)
     tensors = service.tensors([encoder.check_record(record)])
     assert list(tensors["feature_name"][0][: len(single["weights"])]) == [w["feature"] for w in single["weights"]]
+
+
+@pytest.mark.parametrize("task, classes, mask, k", [("binary", 2, True, 4), ("multiclass", 3, True, 3),
+                                                    ("regression", 1, True, 7), ("binary", 2, False, 5)])
+def test_the_numpy_forward_pass_is_the_torch_models(table_csv, task, classes, mask, k):
+    raw, encoder = fitted(table_csv, categorical=["job"])
+    x, z = encoder.encode(raw.frame)
+    torch.manual_seed(1)
+    args = ModelArgs(input_kind="table", numeric_inputs=encoder.numeric_inputs, category_sizes=encoder.category_sizes,
+                     embedding_dim=4, dropout=0.3, hidden_layers=2, hidden_units=16, mask_zero_features=mask,
+                     num_features=len(encoder.feature_names), k=k, task=task, num_classes=classes)
+    model = build_model(args).eval()
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x), torch.from_numpy(z))
+    got = NumpyTableModel(model)(x, z)
+    assert torch.equal(got.gate, expected.gate)  # the same K features (k = 7 exceeds the rows' open features)
+    for name in ("logits", "weights", "dense_weights"):
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-5, atol=1e-6)
+
+
+def test_the_numpy_forward_pass_refuses_what_the_torch_model_refuses(table_csv):
+    raw, encoder = fitted(table_csv)
+    x, z = encoder.encode(raw.frame[:4])
+    numpy_model = NumpyTableModel(table_model(encoder))
+    for broken_x, broken_z, message in [(np.where(np.arange(x.shape[1]) == x.shape[1] - 1, 99, x), z, "category codes"),
+                                        (np.where(np.arange(x.shape[1]) == x.shape[1] - 1, 0.5, x), z, "category codes"),
+                                        (np.full_like(x, np.nan), z, "finite"), (x[:, 1:], z, "x must be"),
+                                        (x, z[:3], "z must have")]:
+        with pytest.raises(InputError, match=message):
+            numpy_model(broken_x.astype(np.float32), broken_z)
+
+
+def test_the_service_answers_on_the_cpu_through_the_numpy_pass_with_the_torch_answers(table_csv, monkeypatch):
+    raw, encoder = fitted(table_csv, categorical=["job"])
+    model = table_model(encoder, k=4)
+    service = TableService(model, encoder, raw.class_names)
+    records = [encoder.check_record({c: r[c] for c in encoder.columns}) for r in raw.frame.head(20).to_dict("records")]
+    torch_service = TableService(model, encoder, raw.class_names)
+    torch_service.numpy_model = None
+    expected, expected_tensors = torch_service.answer(records, explain=True), torch_service.tensors(records)
+    monkeypatch.setattr(model, "forward", lambda *a, **kw: pytest.fail("the torch model ran"))
+    answers, tensors = service.answer(records, explain=True), service.tensors(records)
+    assert [a["label"] for a in answers] == [a["label"] for a in expected]
+    for got, want in zip(answers, expected):
+        assert [w["feature"] for w in got["weights"]] == [w["feature"] for w in want["weights"]]
+        assert got["logit"] == pytest.approx(want["logit"], abs=1e-5)
+    for name, array in expected_tensors.items():
+        if array.dtype == object:
+            assert (tensors[name] == array).all(), name
+        else:
+            np.testing.assert_allclose(tensors[name], array, rtol=1e-5, atol=1e-6, err_msg=name)

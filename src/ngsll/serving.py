@@ -51,6 +51,7 @@ from ngsll.checkpoint import model_from_checkpoint
 from ngsll.errors import ConfigError, NGSLLError
 from ngsll.explain import answers_from_output, class_probabilities, predict_labels, sparse_explanation
 from ngsll.model import NGSLL
+from ngsll.numpy_table import NumpyTableModel
 from ngsll.simplify import image_inputs
 from ngsll.table import RecordError, TableEncoder
 from ngsll.target import TargetScale
@@ -546,6 +547,8 @@ class TableService(Service):
             raise ConfigError(f"the encoder gives {encoder.numeric_inputs} numbers and categories "
                               f"{encoder.category_sizes}; the model reads {args.numeric_inputs} and {args.category_sizes}")
         self.encoder = encoder
+        # On the CPU a row is answered by the numpy copy of the forward pass (a fifth of torch's per-row cost).
+        self.numpy_model = NumpyTableModel(model) if self.device.type == "cpu" else None
         self.accepted = (f"a JSON record of the columns {encoder.columns} (numbers for {list(encoder.numeric)}, "
                          f"strings for {list(encoder.categories)}); or the KServe v1 envelope "
                          "{\"instances\": [...]} of such records")
@@ -564,6 +567,12 @@ class TableService(Service):
 
     def simplified(self, inputs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         return self.encoder.encode(inputs)  # (n, numbers + categorical) x, (n, d) z
+
+    def _run(self, x: np.ndarray, z: np.ndarray):
+        if self.numpy_model is None:
+            return super()._run(x, z)
+        z = z.astype(np.float32, copy=False)  # (n, d)
+        return self.numpy_model(x, z), torch.from_numpy(z)  # the torch model's evaluation output, in numpy
 
     def input_tensors(self) -> list[dict[str, Any]]:
         return [{"name": "record", "datatype": "BYTES", "shape": [-1]}]

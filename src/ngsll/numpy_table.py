@@ -1,0 +1,89 @@
+"""A trained table NGSLL's evaluation-mode forward pass in numpy, for answering one row or a few.
+
+A table model is small (embeddings, an MLP of L x U units, a top-K gate), so for one row torch's
+per-operation dispatch costs several times the arithmetic: about 0.25 ms a row against 0.05 ms for the
+same maths in numpy on this project's 2-core machine (``benchmarks/table_cost.py``). The serving path of
+table models on the CPU runs this copy of the forward pass; training, evaluation and everything batched
+stay in torch. It computes exactly what :meth:`ngsll.model.NGSLL.forward` computes in evaluation mode
+(the same float32 arithmetic, so equal up to rounding, and the same top-K up to exact ties), a property
+``tests/test_table.py`` checks on every output against the torch model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ngsll.errors import ConfigError, InputError
+from ngsll.model import NGSLL, NGSLLOutput
+
+
+class NumpyTableModel:
+    """Evaluation-mode forward of a table :class:`NGSLL`, in numpy; the weights are copied once.
+
+    Args:
+        model: a trained NGSLL with ``input_kind == "table"`` (its current weights are copied; a later change
+            to the torch model is not seen).
+    """
+
+    def __init__(self, model: NGSLL) -> None:
+        args = model.args
+        if args.input_kind != "table" or not isinstance(model, NGSLL):
+            raise ConfigError(f"NumpyTableModel runs table NGSLL models; this one reads {args.input_kind}")
+        generator = model.generator
+        linears = [layer for layer in generator.head if isinstance(layer, nn.Linear)]
+        if len(linears) != len(generator.head) // 2 + 1:  # the head is (Linear, ReLU) x L, then Linear
+            raise ConfigError(f"unexpected table head {generator.head}; expected (Linear, ReLU) x L and a Linear")
+        as_numpy = lambda tensor: tensor.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+        self.args = args
+        self.embedding = as_numpy(generator.embedding.weight)  # (sum of category sizes, E)
+        self.offsets = generator.offsets.cpu().numpy()  # (categorical,) first row of each column's codes
+        self.sizes = np.asarray(args.category_sizes, dtype=np.float32)  # (categorical,)
+        self.layers = [(as_numpy(layer.weight).T.copy(), as_numpy(layer.bias)) for layer in linears]  # (in, out), (out,)
+
+    def check(self, x: np.ndarray, z: np.ndarray) -> None:
+        """Raise :class:`InputError` unless x is (B, numbers + categorical) finite floats whose codes are integers in
+        [0, size) of their column and z is (B, d) finite, as :func:`ngsll.model.check_inputs` does for torch."""
+        args = self.args
+        if x.ndim != 2 or x.shape[1] != args.table_width or not np.issubdtype(x.dtype, np.floating):
+            raise InputError(f"x must be (B, {args.table_width}) floats (numbers, then category codes), "
+                             f"got {x.shape} {x.dtype}")
+        if z.ndim != 2 or z.shape != (x.shape[0], args.num_features):
+            raise InputError(f"z must have shape ({x.shape[0]}, {args.num_features}), got {z.shape}")
+        if not (np.isfinite(x).all() and np.isfinite(z).all()):
+            raise InputError("x and z must be finite; missing values are imputed before x is built")
+        codes = x[:, args.numeric_inputs:]  # (B, categorical)
+        if codes.size and ((codes != np.round(codes)).any() or (codes < 0).any() or (codes >= self.sizes).any()):
+            raise InputError(f"the category codes of x must be integers in [0, size) for sizes {args.category_sizes}")
+
+    def __call__(self, x: np.ndarray, z: np.ndarray) -> NGSLLOutput:
+        """Predict and explain B rows: the :class:`NGSLLOutput` of the torch model in evaluation mode, as CPU
+        tensors over numpy arrays (no copy).
+
+        Args:
+            x: (B, numeric_inputs + categorical) float32 rows: standardised numbers, then category codes.
+            z: (B, d) float32 simplified rows.
+        """
+        args = self.args
+        x, z = x.astype(np.float32, copy=False), z.astype(np.float32, copy=False)
+        self.check(x, z)
+        batch, numeric = x.shape[0], args.numeric_inputs
+        codes = x[:, numeric:].astype(np.int64) + self.offsets  # (B, categorical) rows of the shared table
+        hidden = np.concatenate([x[:, :numeric], self.embedding[codes].reshape(batch, -1)], axis=1)  # (B, in)
+        for weight, bias in self.layers[:-1]:
+            hidden = np.maximum(hidden @ weight + bias, 0.0)  # (B, U) Linear + ReLU
+        weight, bias = self.layers[-1]
+        dense = (hidden @ weight + bias).reshape(batch, args.num_features, args.num_outputs)  # (B, d, C)
+        scores = np.square(dense).sum(axis=-1)  # (B, d) the gate's ranking, as KHotGate
+        blocked = z == 0 if args.mask_zero_features else np.zeros_like(z, dtype=bool)  # (B, d)
+        scores[blocked] = -np.inf
+        k = min(args.k, args.num_features)
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (B, k) the k largest, unordered
+        gate = np.zeros_like(z)  # (B, d)
+        np.put_along_axis(gate, top, 1.0, axis=1)
+        gate[blocked] = 0.0  # rows with fewer than k open features keep only those
+        weights = dense * gate[:, :, None]  # (B, d, C) w' = g * w
+        logits = np.einsum("bd,bdc->bc", z, weights)  # (B, C) z^T w'
+        return NGSLLOutput(logits=torch.from_numpy(logits), weights=torch.from_numpy(weights),
+                           gate=torch.from_numpy(gate), dense_weights=torch.from_numpy(dense))
