@@ -157,3 +157,23 @@ def test_the_generator_is_the_papers_at_28x28_and_adapts_to_other_sizes() -> Non
     assert output.logits.shape == (2, 1) and args.image_shape == (3, 12, 16)
     with pytest.raises(InputError, match=r"x must have shape \(B, 3, 12, 16\)"):
         model(torch.rand(2, 3, 16, 12), torch.rand(2, 12))
+
+
+def test_the_papers_ablation_picks_among_all_features_and_the_masked_one_never_a_zero(tiny_batch) -> None:
+    """evaluate's two rows of the no-gate ablation: model_logits with an all-open mask is the model without the
+    zero-feature mask (the paper's top-K |w| over every cell), without it the mask applies."""
+    from ngsll.evaluation import model_logits
+
+    x, _ = tiny_batch
+    z = torch.zeros(5, 6)
+    z[:, 5] = 1.0  # one feature with signal: the masked gate always opens it, the paper's only where |w_5| ranks
+    torch.manual_seed(5)
+    masked = build_model(tiny_args(k=2)).eval()
+    unmasked = build_model(tiny_args(k=2, mask_zero_features=False)).eval()
+    unmasked.load_state_dict(masked.state_dict())
+    paper = torch.from_numpy(model_logits(masked, x, z, batch_size=2, mask=torch.zeros_like(z, dtype=torch.bool)))
+    with_mask = torch.from_numpy(model_logits(masked, x, z, batch_size=2))
+    torch.testing.assert_close(paper, unmasked(x, z).logits.detach())
+    torch.testing.assert_close(with_mask, masked(x, z).logits.detach())
+    torch.testing.assert_close(with_mask[:, 0], masked(x, z).dense_weights[:, 5, 0].detach())  # z_5 w_5, always
+    assert (paper[:, 0] == 0).any()  # the paper's gate may pass the only feature with signal over

@@ -71,12 +71,20 @@ def time_explanations(
 
 
 @torch.inference_mode()
-def model_logits(model: NGSLL | DNNClassifier, x: torch.Tensor, z: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-    """(N, C) logits of ``model`` (evaluation mode) over x (N, ...) and z (N, d), in batches; C = 1 for binary."""
+def model_logits(model: NGSLL | DNNClassifier, x: torch.Tensor, z: torch.Tensor, batch_size: int = 1024,
+                 mask: torch.Tensor | None = None) -> np.ndarray:
+    """(N, C) logits of ``model`` (evaluation mode) over x (N, ...) and z (N, d), in batches; C = 1 for binary.
+
+    ``mask``: (N, d) bool features an NGSLL's gate may not open, instead of its own (z_j == 0 by default).
+    """
     was_training = model.training
     model.eval()
-    logits = [logits_of(model(x[i : i + batch_size], z[i : i + batch_size])).float().cpu()  # (B, C)
-              for i in range(0, len(z), batch_size)]
+
+    def batch_logits(rows: slice) -> torch.Tensor:
+        output = model(x[rows], z[rows]) if mask is None else model(x[rows], z[rows], mask[rows])
+        return logits_of(output).float().cpu()  # (B, C)
+
+    logits = [batch_logits(slice(i, i + batch_size)) for i in range(0, len(z), batch_size)]
     model.train(was_training)
     return torch.cat(logits).numpy()
 
