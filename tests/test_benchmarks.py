@@ -23,6 +23,7 @@ def load_benchmark(name: str):
 
 
 latency, accuracy = load_benchmark("latency"), load_benchmark("accuracy")
+architecture_search = load_benchmark("architecture_search")
 
 
 def test_latency_benchmark_runs_every_row_on_tiny_inputs() -> None:
@@ -78,3 +79,14 @@ def test_experiment_records_are_found_at_any_depth_of_dvc_exp_show() -> None:
     shown = [{"rev": "workspace", "name": None, "data": {}},
              {"rev": "abc", "name": "main", "data": {}, "experiments": [{"revs": [{"name": "s-seed1", "data": {"x": 1}}]}]}]
     assert [record["name"] for record in accuracy._experiments(shown)] == [None, "main", "s-seed1"]
+
+
+def test_architecture_search_scores_the_kept_epoch_and_picks_the_best_mean() -> None:
+    history = [{"val_loss": 0.5, "val_accuracy": 0.80}, {"val_loss": 0.4, "val_accuracy": 0.79},
+               {"val_loss": 0.45, "val_accuracy": 0.90}]
+    assert architecture_search.kept_epoch(history)["val_accuracy"] == 0.79  # early stopping kept epoch 2
+    points = [{"hidden_layers": 1, "hidden_units": 128, "mean": 0.80}, {"hidden_layers": 1, "hidden_units": 256,
+                                                                         "mean": 0.85},
+              {"hidden_layers": 2, "hidden_units": 128, "mean": 0.85}]
+    assert architecture_search.choose(points, lower_is_better=False) is points[1]  # ties: the first, smaller one
+    assert architecture_search.choose(points, lower_is_better=True) is points[0]  # an error: lower wins

@@ -566,6 +566,28 @@ def test_accuracy_benchmark_runs_seeds_as_dvc_experiments(pipeline_repo: Path, m
         "tiny", runs, "test_auc")
 
 
+def test_architecture_search_runs_each_grid_point_as_an_experiment_and_records_the_choice(
+        pipeline_repo: Path, monkeypatch) -> None:
+    from test_benchmarks import architecture_search
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    run(["git", "add", "-A"], pipeline_repo)
+    run(["git", "commit", "-qm", "before the search"], pipeline_repo, check=False)
+    grid = {"hidden_layers": [1], "hidden_units": [8, 16]}
+    record = architecture_search.search(pipeline_repo, "tiny", grid, "arch", architecture_search.QUICK_OVERRIDES)
+    assert [(p["hidden_layers"], p["hidden_units"]) for p in record["points"]] == [(1, 8), (1, 16)]
+    for point in record["points"]:  # the kept epoch of each fine model, read back from the experiment's commit
+        assert set(point["scores"]) == {"1", "3"} and all(0.0 <= v <= 1.0 for v in point["scores"].values())
+    best = max(record["points"], key=lambda p: p["mean"])
+    assert record["chosen"] == {"hidden_layers": 1, "hidden_units": best["hidden_units"]}
+    revision = architecture_search.experiment_revisions(pipeline_repo, ["arch-tiny-L1-U16"])["arch-tiny-L1-U16"]
+    trained = yaml.safe_load(run(["git", "show", f"{revision}:params.yaml"], pipeline_repo).stdout)
+    assert trained["datasets"]["tiny"]["model"]["hidden_units"] == 16  # what that point's experiment trained
+    out = architecture_search.write_record(pipeline_repo, record)
+    assert json.loads(out.read_text())["chosen"] == record["chosen"]
+    assert "**(chosen)**" in architecture_search.markdown(record)
+
+
 def test_distributed_switch_runs_a_dvc_training_stage_under_torchrun(pipeline_repo: Path) -> None:
     run(["git", "add", "-A"], pipeline_repo)
     run(["git", "commit", "-qm", "before ddp"], pipeline_repo, check=False)
