@@ -139,6 +139,7 @@ def context_for(dataset: DatasetSettings, params: dict, args: argparse.Namespace
         "interpretation": {"examples": examples(fine, splits["test"], features),
                            "classes": class_sections(importance, k, features),
                            "surrogate_agreement": explain.get("dnn_surrogate_agreement"),
+                           "retrained": explain.get("retrained_dnn_error_gain"),
                            "faithfulness_table": (args.explain_dir / "faithfulness.md").read_text(),
                            "top_words": next((path.read_text() for path in (args.explain_dir / "top_words.md",
                                                                            args.explain_dir / "top_features.md")
