@@ -1,5 +1,8 @@
 """Explanation cost per table row, measured side by side in one run: NGSLL versus TreeSHAP and LIME.
 
+Binary and regression tables (a regression dataset gets ``GradientBoostingRegressor``, R² / RMSE / MAE in the
+target's units, and LIME in regression mode).
+
 * NGSLL: ms per row for the prediction **and** its top-K weights, one row at a time and batched (the
   pipeline's fine checkpoints of a ``kind: table`` dataset), in torch and through the numpy forward pass
   the CPU serving path runs (:class:`ngsll.numpy_table.NumpyTableModel`, then the same top-K selection).
@@ -23,6 +26,7 @@ reported and its rows left out. Timings are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -34,10 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import explain_one_pass, optional_rows, table, timed  # noqa: E402
 
 from ngsll.checkpoint import model_from_checkpoint  # noqa: E402
-from ngsll.evaluation import format_table, model_logits, roc_auc  # noqa: E402
+from ngsll.evaluation import METRIC_TITLES, format_table, model_logits, output_metrics  # noqa: E402
 from ngsll.explain import sparse_explanation  # noqa: E402
 from ngsll.model import NGSLL  # noqa: E402
 from ngsll.numpy_table import NumpyTableModel  # noqa: E402
+from ngsll.target import TargetScale  # noqa: E402
 
 Rows = dict[str, dict[int, tuple[float, float]]]
 
@@ -71,7 +76,7 @@ def tree_shap_rows(forest, z: np.ndarray, ks: list[int], samples: int) -> Rows:
     explainer = shap.TreeExplainer(forest)
 
     def explain(rows: np.ndarray) -> np.ndarray:
-        values = explainer.shap_values(rows)  # (n, d) attributions to the binary model's log-odds
+        values = explainer.shap_values(rows)  # (n, d) attributions to the log-odds (binary) or the value
         return np.argsort(-np.abs(values), axis=1)[:, : max(ks)]  # (n, K) the K largest
 
     times = [timed(lambda i=i: explain(z[i : i + 1]), 1)[0] for i in range(samples)]
@@ -82,13 +87,14 @@ def tree_shap_rows(forest, z: np.ndarray, ks: list[int], samples: int) -> Rows:
 
 
 def lime_rows(forest, train_z: np.ndarray, z: np.ndarray, ks: list[int], samples: int, num_samples: int,
-              seed: int) -> Rows:
+              seed: int, regression: bool = False) -> Rows:
     from lime.lime_tabular import LimeTabularExplainer
 
-    explainer = LimeTabularExplainer(train_z, mode="classification", random_state=seed)
+    explainer = LimeTabularExplainer(train_z, mode="regression" if regression else "classification", random_state=seed)
+    predict = forest.predict if regression else forest.predict_proba
     row: dict[int, tuple[float, float]] = {}
     for k in ks:
-        times = [timed(lambda i=i: explainer.explain_instance(z[i], forest.predict_proba, num_features=k,
+        times = [timed(lambda i=i: explainer.explain_instance(z[i], predict, num_features=k,
                                                               num_samples=num_samples), 1)[0]
                  for i in range(samples)]
         row[k] = (statistics.fmean(times), statistics.pstdev(times))
@@ -108,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.samples, args.lime_samples = 20, 3
-    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
     torch.manual_seed(args.seed)
     with np.load(args.data_dir / "test.npz") as test, np.load(args.data_dir / "train.npz") as train:
@@ -118,25 +124,30 @@ def main() -> None:
         train_z, train_y = train["z"], train["y"]
     models = {k: model_from_checkpoint(torch.load(args.fine_dir / f"k{k}.pt", weights_only=True)) for k in args.ks}
     task = models[args.ks[0]].args.task
-    if task != "binary":
-        raise SystemExit(f"TreeSHAP's rows here explain a binary model; {args.fine_dir} is {task}")
-    boosted = GradientBoostingClassifier(random_state=args.seed).fit(train_z, train_y)
-    quality = {"accuracy": {"gradient boosting": {0: float((boosted.predict(z) == y).mean())}},
-               "ROC AUC": {"gradient boosting": {0: roc_auc(y, boosted.predict_proba(z), task, probabilities=True)}}}
-    for k, model in models.items():
-        logits = model_logits(model, torch.from_numpy(x), torch.from_numpy(z))  # (N, 1)
-        quality["accuracy"].setdefault("NGSLL", {})[k] = float(((logits[:, 0] > 0) == y).mean())
-        quality["ROC AUC"].setdefault("NGSLL", {})[k] = roc_auc(y, logits, task)
+    if task == "multiclass":
+        raise SystemExit(f"TreeSHAP's rows here explain one output (binary or regression); {args.fine_dir} is {task}")
+    regression = task == "regression"
+    features = json.loads((args.data_dir / "features.json").read_text())
+    scale = TargetScale.from_dict(features["target"]) if regression else None  # metrics in the target's units
+    model_type = GradientBoostingRegressor if regression else GradientBoostingClassifier
+    boosted = model_type(random_state=args.seed).fit(train_z, train_y)
+    outputs = {"gradient boosting": boosted.predict(z)[:, None] if regression else boosted.predict_proba(z)}
+    outputs |= {k: model_logits(model, torch.from_numpy(x), torch.from_numpy(z)) for k, model in models.items()}
+    quality: dict[str, dict[str, dict[int, float]]] = {}
+    for name, output in outputs.items():  # both models fit the prepared y (standardised for regression)
+        for metric, value in output_metrics(y, output, task, name == "gradient boosting", scale).items():
+            row, k = ("gradient boosting", 0) if name == "gradient boosting" else ("NGSLL", name)
+            quality.setdefault(metric, {}).setdefault(row, {})[k] = value
     rows = ngsll_rows(models, x, z, min(args.samples, len(z)))
     explainers = {
         "shap": lambda: tree_shap_rows(boosted, z, args.ks, min(args.samples, len(z))),
         "lime": lambda: lime_rows(boosted, train_z, z, args.ks, min(args.lime_samples, len(z)), args.num_samples,
-                                  args.seed),
+                                  args.seed, regression),
     }
     rows |= optional_rows(explainers)
     print(f"\n{args.data_dir}: {len(z)} test rows, {z.shape[1]} features; CPU threads: {torch.get_num_threads()}\n")
-    for name, values in quality.items():
-        print(format_table(values, args.ks, title=f"test {name}") + "\n")
+    for metric, values in quality.items():
+        print(format_table(values, args.ks, title=METRIC_TITLES[metric]) + "\n")
     print(table(rows, args.ks, reference="NGSLL numpy, 1 row"))
 
 

@@ -657,9 +657,12 @@ def test_the_monitor_throughput_benchmark_runs_on_the_packaged_models(pipeline_r
     assert len(rows) == 2 and all("| 60 |" in row for row in rows), result.stdout
 
 
-def test_the_table_cost_benchmark_times_ngsll_treeshap_and_lime_on_the_packaged_table(pipeline_repo: Path) -> None:
-    command = [sys.executable, str(REPO / "benchmarks/table_cost.py"), "--data-dir", "data/prepared/credit",
-               "--fine-dir", "models/credit/fine", "--ks", "1", "3", "--samples", "4", "--lime-samples", "1",
+@pytest.mark.parametrize("dataset, quality", [("credit", "| test ROC AUC | K = 1 | K = 3 |"),
+                                              ("prices", "| test R² | K = 1 | K = 3 |")])
+def test_the_table_cost_benchmark_times_ngsll_treeshap_and_lime_on_the_packaged_table(
+        pipeline_repo: Path, dataset: str, quality: str) -> None:
+    command = [sys.executable, str(REPO / "benchmarks/table_cost.py"), "--data-dir", f"data/prepared/{dataset}",
+               "--fine-dir", f"models/{dataset}/fine", "--ks", "1", "3", "--samples", "4", "--lime-samples", "1",
                "--num-samples", "200"]
     result = subprocess.run(command, cwd=pipeline_repo, env=environment(pipeline_repo), capture_output=True, text=True,
                             timeout=300)
@@ -667,4 +670,4 @@ def test_the_table_cost_benchmark_times_ngsll_treeshap_and_lime_on_the_packaged_
     for row in ("| NGSLL torch, 1 row |", "| NGSLL numpy, 1 row |", "| TreeSHAP on gradient boosting, 1 row |",
                 "| LIME tabular (200 samples) on"):
         assert row in result.stdout, result.stdout
-    assert "| test ROC AUC | K = 1 | K = 3 |" in result.stdout and "| gradient boosting |" in result.stdout
+    assert quality in result.stdout and "| gradient boosting |" in result.stdout
