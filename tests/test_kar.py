@@ -9,6 +9,7 @@ import torch
 
 from conftest import tiny_args
 from ngsll.errors import InputError
+from ngsll import kar
 from ngsll.kar import image_blanker, keep_and_retrain_classifier, text_blanker
 from ngsll.train import PhaseConfig, TensorData
 
@@ -39,7 +40,7 @@ def test_a_removed_word_becomes_padding_wherever_it_occurs() -> None:
     assert blanked.tolist() == [[2, 0, 4, 5, 0], [0, 0, 1, 2, 0]]
 
 
-def test_the_retrained_classifier_punishes_removing_the_evidence_and_not_removing_noise() -> None:
+def test_the_retrained_classifier_punishes_removing_the_evidence_and_not_removing_noise(monkeypatch) -> None:
     rng = np.random.default_rng(0)
 
     def split(n: int) -> TensorData:
@@ -57,6 +58,10 @@ def test_the_retrained_classifier_punishes_removing_the_evidence_and_not_removin
                                         args, train, validation, test, fractions=[0.5], config=config, random_draws=2)
     assert list(gains) == ["keeps", "removes", "random (mean of 2)"], gains
     assert gains["keeps"][0.5] < 0.05 and gains["removes"][0.5] > 0.3  # chance is 0.5 error, the baseline near 0
-    again = keep_and_retrain_classifier({"keeps": keeps_evidence}, image_blanker([2, 2]), args, train, validation,
-                                        test, fractions=[0.5], config=config, random_draws=0)
-    assert again["keeps"] == gains["keeps"]  # seeded: the same retraining gives the same error
+    trainings, real = [], kar.retrained_error
+    monkeypatch.setattr(kar, "retrained_error", lambda *a: trainings.append(a) or real(*a))
+    same_removal = np.array([4.0, 0.5, 2.0, 3.0])  # other scores, the same two least important cells
+    again = keep_and_retrain_classifier({"keeps": keeps_evidence, "same removal": same_removal}, image_blanker([2, 2]),
+                                        args, train, validation, test, fractions=[0.5], config=config, random_draws=0)
+    assert again["keeps"] == again["same removal"] == gains["keeps"]  # seeded: the same removal, the same error
+    assert len(trainings) == 2  # nothing removed, and the one removal both rankings share

@@ -7,8 +7,9 @@ sentence's words replaced by padding), a fresh copy of the classifier (the DNN: 
 generator is) is trained on the blanked training inputs and its test error on the blanked test inputs is
 compared with the same training on the whole inputs. A ranking that removes what the classifier needs shows
 a large gain; one that removes what it can do without, a small one. Random rankings are averaged over several
-seeded permutations. :func:`ngsll.importance.keep_and_retrain` is the cheap proxy (a logistic regression on
-the kept z features).
+seeded permutations. Every retraining is seeded alike, so rankings that remove the same features (often the
+never-chosen words of a large vocabulary) share one. :func:`ngsll.importance.keep_and_retrain` is the cheap
+proxy (a logistic regression on the kept z features).
 """
 
 from __future__ import annotations
@@ -94,9 +95,14 @@ def keep_and_retrain_classifier(
     if not all(0 < fraction < 1 for fraction in fractions):
         raise InputError(f"removed fractions must lie in (0, 1), got {list(fractions)}")
 
+    errors: dict[bytes, float] = {}  # removed set -> error: rankings that remove the same features share one training
+
     def error_without(removed: np.ndarray) -> float:
-        blanked = [TensorData(blank(split.x, removed), split.z, split.y) for split in (train, validation, test)]
-        return retrained_error(args, *blanked, config, seed)
+        key = np.packbits(removed).tobytes()
+        if key not in errors:
+            blanked = [TensorData(blank(split.x, removed), split.z, split.y) for split in (train, validation, test)]
+            errors[key] = retrained_error(args, *blanked, config, seed)
+        return errors[key]
 
     baseline = error_without(np.zeros(num_features, dtype=bool))
     rng = np.random.default_rng(seed)
