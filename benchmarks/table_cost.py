@@ -5,7 +5,7 @@ target's units, and LIME in regression mode).
 
 * NGSLL: ms per row for the prediction **and** its top-K weights, one row at a time and batched (the
   pipeline's fine checkpoints of a ``kind: table`` dataset), in torch and through the numpy forward pass
-  the CPU serving path runs (:class:`ngsll.numpy_table.NumpyTableModel`, then the same top-K selection).
+  and top-K selection the CPU serving path runs (:class:`ngsll.numpy_table.NumpyTableModel`).
 * TreeSHAP: ``shap.TreeExplainer`` (exact, path-dependent) on scikit-learn's ``GradientBoostingClassifier``
   (100 trees of depth 3, the usual gradient-boosted model a credit team explains after the fact) fitted on
   the same simplified rows z, one row at a time and batched; it attributes every feature, so its cost does
@@ -39,7 +39,6 @@ from latency import explain_one_pass, optional_rows, table, timed  # noqa: E402
 
 from ngsll.checkpoint import model_from_checkpoint  # noqa: E402
 from ngsll.evaluation import METRIC_TITLES, format_table, model_logits, output_metrics  # noqa: E402
-from ngsll.explain import sparse_explanation  # noqa: E402
 from ngsll.model import NGSLL  # noqa: E402
 from ngsll.numpy_table import NumpyTableModel  # noqa: E402
 from ngsll.target import TargetScale  # noqa: E402
@@ -48,8 +47,8 @@ Rows = dict[str, dict[int, tuple[float, float]]]
 
 
 def explain_numpy(model: NumpyTableModel, x: np.ndarray, z: np.ndarray) -> None:
-    """What the CPU serving path does: the numpy forward pass, then the torch model's top-K selection."""
-    sparse_explanation(model(x, z), torch.from_numpy(z), model.args.k, model.args.task)
+    """What the CPU serving path does: the numpy forward pass and top-K selection."""
+    model.explain(x, z)
 
 
 def ngsll_rows(models: dict[int, NGSLL], x: np.ndarray, z: np.ndarray, samples: int) -> Rows:

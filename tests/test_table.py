@@ -12,6 +12,7 @@ import torch
 
 from ngsll.data.table import TableDataError, read_table_source
 from ngsll.errors import InputError
+from ngsll.explain import sparse_explanation
 from ngsll.model import ModelArgs, build_model
 from ngsll.numpy_table import NumpyTableModel
 from ngsll.serving import TableService
@@ -172,10 +173,21 @@ def test_the_numpy_forward_pass_is_the_torch_models(table_csv, task, classes, ma
     model = build_model(args).eval()
     with torch.inference_mode():
         expected = model(torch.from_numpy(x), torch.from_numpy(z))
-    got = NumpyTableModel(model)(x, z)
+    got, explanation = NumpyTableModel(model).explain(x, z)
     assert torch.equal(got.gate, expected.gate)  # the same K features (k = 7 exceeds the rows' open features)
     for name in ("logits", "weights", "dense_weights"):
         torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-5, atol=1e-6)
+    wanted = sparse_explanation(expected, torch.from_numpy(z), k, task)
+    valid = wanted.valid
+    assert torch.equal(explanation.valid, valid) and torch.equal(explanation.class_index, wanted.class_index)
+    # the same open features; in the same order where contributions differ (open features with z = 0 tie at 0)
+    assert torch.equal(explanation.indices.masked_fill(~valid, -1).sort(1).values,
+                       wanted.indices.masked_fill(~valid, -1).sort(1).values)
+    ranked = valid & (wanted.contributions != 0)
+    assert torch.equal(explanation.indices[ranked], wanted.indices[ranked])
+    for name in ("weights", "values", "contributions"):
+        torch.testing.assert_close(getattr(explanation, name)[ranked], getattr(wanted, name)[ranked], rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_the_numpy_forward_pass_refuses_what_the_torch_model_refuses(table_csv):

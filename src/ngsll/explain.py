@@ -118,9 +118,10 @@ def predict_explain(
 
 def answers_from_output(
     output: NGSLLOutput, z: torch.Tensor, k: int, task: str, feature_names: list[str], class_names: list[str],
-    target: TargetScale | None = None,
+    target: TargetScale | None = None, explanation: SparseExplanation | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-sample answers from an evaluation-mode forward output.
+    """Per-sample answers from an evaluation-mode forward output (``explanation``: its
+    :func:`sparse_explanation`, when the caller has it already).
 
     Each answer: ``label`` (class name, or the value for regression), ``class_index``, ``probabilities``
     (class name -> probability), ``logit`` (binary/regression) or ``logits`` (multi-class, by class name),
@@ -129,7 +130,7 @@ def answers_from_output(
     contributions add up to) and ``label`` = ``value`` = ``target.mean + target.std * logit``, the
     prediction in the target's own units (the logit itself without a ``target`` scale).
     """
-    records = explanation_records(sparse_explanation(output, z, k, task), feature_names)
+    records = explanation_records(explanation or sparse_explanation(output, z, k, task), feature_names)
     logits = output.logits.cpu().tolist()
     probabilities = class_probabilities(output.logits, task)
     probabilities = probabilities.cpu().tolist() if probabilities is not None else None

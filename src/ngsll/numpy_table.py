@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ngsll.errors import ConfigError, InputError
+from ngsll.explain import SparseExplanation
 from ngsll.model import NGSLL, NGSLLOutput
 
 
@@ -87,3 +88,26 @@ class NumpyTableModel:
         logits = np.einsum("bd,bdc->bc", z, weights)  # (B, C) z^T w'
         return NGSLLOutput(logits=torch.from_numpy(logits), weights=torch.from_numpy(weights),
                            gate=torch.from_numpy(gate), dense_weights=torch.from_numpy(dense))
+
+    def explain(self, x: np.ndarray, z: np.ndarray) -> tuple[NGSLLOutput, SparseExplanation]:
+        """The forward output and :func:`ngsll.explain.sparse_explanation` of it, both in numpy: per row the
+        answered class (the predicted one for multi-class, else 0) and its at most K open features sorted by
+        |z_j w'_j|, open-but-zero ones before closed ones. Shapes as there: (B,) and (B, K) fields."""
+        output = self(x, z)
+        logits, weights, gate = output.logits.numpy(), output.weights.numpy(), output.gate.numpy()
+        z = z.astype(np.float32, copy=False)
+        rows = np.arange(len(z))
+        answered = logits.argmax(axis=1) if self.args.task == "multiclass" else np.zeros(len(z), dtype=np.int64)
+        class_weights = weights[rows, :, answered]  # (B, d)
+        contributions = z * class_weights  # (B, d)
+        open_gate = gate > 0  # (B, d)
+        ranking = np.where(open_gate, np.abs(contributions), -1.0)  # (B, d)
+        order = np.argsort(-ranking, axis=1, kind="stable")[:, : min(self.args.k, z.shape[1])]  # (B, K)
+
+        def pick(values: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.take_along_axis(values, order, axis=1))  # (B, K)
+
+        explanation = SparseExplanation(
+            class_index=torch.from_numpy(answered.astype(np.int64)), indices=torch.from_numpy(order),
+            weights=pick(class_weights), values=pick(z), contributions=pick(contributions), valid=pick(open_gate))
+        return output, explanation

@@ -49,8 +49,10 @@ import torch
 from ngsll.capture import CaptureSink
 from ngsll.checkpoint import model_from_checkpoint
 from ngsll.errors import ConfigError, NGSLLError
-from ngsll.explain import answers_from_output, class_probabilities, predict_labels, sparse_explanation
-from ngsll.model import NGSLL
+from ngsll.explain import (
+    SparseExplanation, answers_from_output, class_probabilities, predict_labels, sparse_explanation,
+)
+from ngsll.model import NGSLL, NGSLLOutput
 from ngsll.numpy_table import NumpyTableModel
 from ngsll.simplify import image_inputs
 from ngsll.table import RecordError, TableEncoder
@@ -240,9 +242,8 @@ class Service(ABC):
         ``contribution`` (n, K) float32, padded with -1 / "" / 0 where a sample has fewer than K features.
         Also ``class_index`` (n,) int64, the predicted class (for capture; not an Open Inference output).
         """
-        output, z_t = self._run(*self.simplified(inputs))
+        output, z_t, explanation = self._explained(*self.simplified(inputs))  # explanation: (n, K) fields
         args = self.model.args
-        explanation = sparse_explanation(output, z_t, args.k, args.task)  # (n, K) fields
         valid = explanation.valid.cpu().numpy()  # (n, K)
         index = np.where(valid, explanation.indices.cpu().numpy(), -1)  # (n, K)
         names = np.asarray([*self.feature_names, ""], dtype=object)  # index -1 picks ""
@@ -303,19 +304,21 @@ class Service(ABC):
         """The model input on the service's device, in the memory layout the model runs fastest in."""
         return x.to(self.device)
 
-    def _run(self, x: np.ndarray, z: np.ndarray):
-        """One evaluation-mode forward pass of (n, ...) inputs x and (n, d) z; the output and z on the device."""
+    def _explained(self, x: np.ndarray, z: np.ndarray) -> tuple[NGSLLOutput, torch.Tensor, SparseExplanation]:
+        """One evaluation-mode forward pass of (n, ...) inputs x and (n, d) z: the output, z on the device and
+        the top-K explanation of each answer."""
         x_t = self._on_device(torch.from_numpy(x))  # (n, ...) images or token ids
         z_t = torch.from_numpy(z).to(self.device)  # (n, d)
         with torch.inference_mode():
-            return self.model(x_t, z_t), z_t
+            output = self.model(x_t, z_t)
+            return output, z_t, sparse_explanation(output, z_t, self.model.args.k, self.model.args.task)
 
     def _forward(self, x: np.ndarray, z: np.ndarray, explain: bool) -> tuple[list[dict[str, Any]], np.ndarray | None]:
         """Answers for one batch and, with ``explain``, (n, d) the answered class's gated weights (else None)."""
-        output, z_t = self._run(x, z)
+        output, z_t, explanation = self._explained(x, z)
         args = self.model.args
         answers = answers_from_output(output, z_t, args.k, args.task, self.feature_names, self.class_names,
-                                      self.target)
+                                      self.target, explanation)
         if not explain:
             return answers, None
         weights = output.weights.cpu().numpy()  # (n, d, C)
@@ -568,11 +571,12 @@ class TableService(Service):
     def simplified(self, inputs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         return self.encoder.encode(inputs)  # (n, numbers + categorical) x, (n, d) z
 
-    def _run(self, x: np.ndarray, z: np.ndarray):
+    def _explained(self, x: np.ndarray, z: np.ndarray) -> tuple[NGSLLOutput, torch.Tensor, SparseExplanation]:
         if self.numpy_model is None:
-            return super()._run(x, z)
+            return super()._explained(x, z)
         z = z.astype(np.float32, copy=False)  # (n, d)
-        return self.numpy_model(x, z), torch.from_numpy(z)  # the torch model's evaluation output, in numpy
+        output, explanation = self.numpy_model.explain(x, z)  # the torch model's, computed in numpy
+        return output, torch.from_numpy(z), explanation
 
     def input_tensors(self) -> list[dict[str, Any]]:
         return [{"name": "record", "datatype": "BYTES", "shape": [-1]}]
