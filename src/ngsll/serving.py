@@ -550,7 +550,7 @@ class TableService(Service):
             raise ConfigError(f"the encoder gives {encoder.numeric_inputs} numbers and categories "
                               f"{encoder.category_sizes}; the model reads {args.numeric_inputs} and {args.category_sizes}")
         self.encoder = encoder
-        # On the CPU a row is answered by the numpy copy of the forward pass (a fifth of torch's per-row cost).
+        # On the CPU rows are answered by the numpy copy of the forward pass (a quarter of torch's cost for one row).
         self.numpy_model = NumpyTableModel(model) if self.device.type == "cpu" else None
         self.accepted = (f"a JSON record of the columns {encoder.columns} (numbers for {list(encoder.numeric)}, "
                          f"strings for {list(encoder.categories)}); or the KServe v1 envelope "
