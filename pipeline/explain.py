@@ -118,7 +118,7 @@ def image_pictures(split, normlimes: dict[str, NormLIME], global_maps: dict[str,
 
 
 def retrained_classifier_gains(dataset: DatasetSettings, settings: dict, rankings: dict[str, np.ndarray],
-                               features: dict, data_dir: Path, dnn_path: Path, test, seed: int,
+                               features: dict, data_dir: Path, dnn_path: Path, test: TensorData, seed: int,
                                device) -> dict[str, dict[float, float]] | None:
     """The NormLIME paper's Keep-And-Retrain at the served K (see :mod:`ngsll.kar`), bounded by
     ``explain.retrain_classifier``; None where it is off or the kind has no blanking in x (tables)."""
@@ -138,12 +138,9 @@ def retrained_classifier_gains(dataset: DatasetSettings, settings: dict, ranking
     phase = reference_phase(dataset.train, 1)
     epochs = int(retrain["max_epochs"])
     config = dataclasses.replace(phase, max_epochs=epochs, patience=min(phase.patience, epochs))
-    model_args = load_checkpoint(dnn_path)["model_args"]
-    data = TensorData.from_arrays(test.x, test.z, test.y, device=device)
     return keep_and_retrain_classifier(
-        {name: ranking for name, ranking in rankings.items() if name != "random"}, blank, model_args,
-        splits["train"], splits["validation"], data, [float(f) for f in retrain["fractions"]], config, seed=seed,
-        random_draws=int(retrain["random_draws"]))
+        rankings, blank, load_checkpoint(dnn_path)["model_args"], splits["train"], splits["validation"], test,
+        [float(f) for f in retrain["fractions"]], config, seed=seed, random_draws=int(retrain["random_draws"]))
 
 
 def top_feature_pictures(normlime: NormLIME, names: list[str], classes: list[str], shown_k: str, out_dir: Path,
@@ -228,7 +225,7 @@ def main() -> None:
     served = int(dataset.serve["k"])
     shown_k = f"K={served}" if served in ks else f"K={ks[0]}"
     retrained = retrained_classifier_gains(dataset, settings, global_maps[shown_k], features, args.data_dir, args.dnn,
-                                           split, int(params["seed"]), device)
+                                           data, int(params["seed"]), device)  # global_maps: no random ranking
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if extra_rankings:

@@ -4,9 +4,10 @@ A table model is small (embeddings, an MLP of L x U units, a top-K gate), so for
 per-operation dispatch costs several times the arithmetic: 0.23-0.30 ms a row with its top-K explanation
 in torch against about 0.07 ms in numpy (0.04 ms the forward pass, the rest the selection) on this
 project's 2-core machine (``benchmarks/table_cost.py``). The serving path of table models on the CPU runs
-this copy of the forward pass and selection; training and evaluation stay in torch. It computes exactly what :meth:`ngsll.model.NGSLL.forward` computes in evaluation mode
-(the same float32 arithmetic, so equal up to rounding, and the same top-K up to exact ties), a property
-``tests/test_table.py`` checks on every output against the torch model.
+this copy of the forward pass and selection; training and evaluation stay in torch. It computes exactly
+what :meth:`ngsll.model.NGSLL.forward` computes in evaluation mode (the same float32 arithmetic, so equal up
+to rounding, and the same top-K up to exact ties), a property ``tests/test_table.py`` checks on every output
+against the torch model.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class NumpyTableModel:
         self.embedding = as_numpy(generator.embedding.weight)  # (sum of category sizes, E)
         self.offsets = generator.offsets.cpu().numpy()  # (categorical,) first row of each column's codes
         self.sizes = np.asarray(args.category_sizes, dtype=np.float32)  # (categorical,)
-        self.layers = [(as_numpy(layer.weight).T.copy(), as_numpy(layer.bias)) for layer in linears]  # (in, out), (out,)
+        # each layer as (in, out) weights and (out,) bias
+        self.layers = [(as_numpy(layer.weight).T.copy(), as_numpy(layer.bias)) for layer in linears]
 
     def check(self, x: np.ndarray, z: np.ndarray) -> None:
         """Raise :class:`InputError` unless x is (B, numbers + categorical) finite floats whose codes are integers in
