@@ -20,6 +20,7 @@ from ngsll.checkpoint import model_from_checkpoint
 from ngsll.config import DatasetSettings, dataset_settings, task_of
 from ngsll.evaluation import METRIC_TITLES, format_table, primary_metric
 from ngsll.explain import predict_explain
+from ngsll.quality import listed_ids
 from ngsll.target import TargetScale
 from ngsll_plugins.run_context import version_tags
 from ngsll_plugins.tracking import configure, end_runs_on_signal
@@ -128,7 +129,7 @@ def context_for(dataset: DatasetSettings, params: dict, args: argparse.Namespace
             {"name": path.stem, "verdict": "passed" if report["success"] else "FAILED",
              "total": sum(len(b["results"]) for b in report["results"].values()),
              "passed": sum(r["success"] for b in report["results"].values() for r in b["results"]),
-             "dropped": report.get("dropped")}
+             "dropped": report.get("dropped"), "dropped_ids": listed_ids(report.get("dropped"))}
             for path, report in ((p, read_json(p)) for p in args.validation)
         ],
         "training": [phase_row("coarse", coarse), phase_row(f"fine (K={fine['model_args']['k']})", fine)],

@@ -26,6 +26,7 @@ from ngsll.data.images import RawImages, image_splits
 from ngsll.data.labels import target_strata
 from ngsll.data.table import RawTable
 from ngsll.data.text import TextCorpus, split_indices, stratified_splits
+from ngsll.quality import dropped_ids
 from ngsll.table import TableEncoder
 from ngsll.target import TargetScale
 from ngsll.text import TextEncoder
@@ -52,10 +53,20 @@ def label_summary(labels: np.ndarray, class_names: list[str]) -> str:
     return f"class shares {np.round(shares, 3).tolist()}"
 
 
-def prepare_images(dataset: DatasetSettings, params: dict[str, Any], raw: Path, out_dir: Path) -> dict[str, Any]:
+def left_out(checked: dict[str, Any], split: str | None = None) -> list[int]:
+    """The ids the gate's report says it dropped (of one source ``split`` for images), logged."""
+    ids = dropped_ids(checked, split)
+    if ids:
+        log.info("left out %d %srow(s) the gate dropped: ids %s", len(ids), f"{split} " if split else "", ids[:20])
+    return ids
+
+
+def prepare_images(dataset: DatasetSettings, params: dict[str, Any], raw: Path, checked: dict[str, Any],
+                   out_dir: Path) -> dict[str, Any]:
     with np.load(raw / "images.npz") as stored:
         images = RawImages.from_arrays({name: stored[name] for name in stored.files})
-    splits, mapping, spec = image_splits(images, dataset.data, int(params["seed"]), f"datasets.{dataset.name}")
+    dropped = {split: left_out(checked, split) for split in images.images}
+    splits, mapping, spec = image_splits(images, dataset.data, int(params["seed"]), f"datasets.{dataset.name}", dropped)
     with atomic_output(out_dir / "metadata.csv") as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["split", "id", "source_label", "label"])
@@ -80,12 +91,10 @@ def prepare_images(dataset: DatasetSettings, params: dict[str, Any], raw: Path, 
             "num_classes": len(mapping.class_names)}
 
 
-def prepare_text(dataset: DatasetSettings, raw: Path, info: Path, checked: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+def prepare_text(dataset: DatasetSettings, raw: Path, info: Path, checked: dict[str, Any], out_dir: Path,
+                 seed: int) -> dict[str, Any]:
     data = dataset.data
-    dropped = [row["id"] for row in read_json(checked).get("dropped", {}).get("rows", [])]
-    corpus = TextCorpus.read_csv(raw / "corpus.csv", read_json(info)["class_names"]).without(dropped)
-    if dropped:
-        log.info("left out %d row(s) the gate dropped: ids %s", len(dropped), dropped[:20])
+    corpus = TextCorpus.read_csv(raw / "corpus.csv", read_json(info)["class_names"]).without(left_out(checked))
     indices = split_indices(corpus, seed, float(data["validation_fraction"]), float(data["test_fraction"]))
     scale = TargetScale.fit(data.get("label_column", "label"), corpus.labels[indices["train"]]) \
         if corpus.regression else None
@@ -120,10 +129,11 @@ def prepare_text(dataset: DatasetSettings, raw: Path, info: Path, checked: Path,
             "sequence_vocabulary_size": len(encoder.sequences), "sequence_length": encoder.length}
 
 
-def prepare_table(dataset: DatasetSettings, raw: Path, info: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+def prepare_table(dataset: DatasetSettings, raw: Path, info: Path, checked: dict[str, Any], out_dir: Path,
+                  seed: int) -> dict[str, Any]:
     data, schema = dataset.data, read_json(info)
     table = RawTable.read_csv(raw / "table.csv", schema)
-    frame = table.frame
+    frame = table.frame[~table.frame["id"].isin(left_out(checked))].reset_index(drop=True)
     official = frame["split"].to_numpy() if (frame["split"] != "").any() else None
     labels = frame["label"].to_numpy()
     indices = stratified_splits(target_strata(labels) if table.regression else labels, official, seed,
@@ -175,15 +185,16 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     require_passed(args.checked)
+    checked = read_json(args.checked)
     params = load_params(args.params)
     dataset = dataset_settings(params, args.dataset)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if dataset.kind == "image":
-        summary = prepare_images(dataset, params, args.raw, args.out_dir)
+        summary = prepare_images(dataset, params, args.raw, checked, args.out_dir)
     elif dataset.kind == "table":
-        summary = prepare_table(dataset, args.raw, args.info, args.out_dir, int(params["seed"]))
+        summary = prepare_table(dataset, args.raw, args.info, checked, args.out_dir, int(params["seed"]))
     else:
-        summary = prepare_text(dataset, args.raw, args.info, args.checked, args.out_dir, int(params["seed"]))
+        summary = prepare_text(dataset, args.raw, args.info, checked, args.out_dir, int(params["seed"]))
     write_json(args.summary, summary)
 
 

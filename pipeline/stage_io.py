@@ -149,14 +149,16 @@ def save_figure(figure, path: Path) -> None:
 def finish_gate(report, report_path: Path, html_path: Path, stage: str, dropped: dict[str, Any] | None = None) -> None:
     """Write a data-quality gate's JSON and HTML reports; exit non-zero with its summary if it failed.
 
-    ``dropped``: rows a ``drop`` policy removed before the checks (``{"policy", "reason", "count", "rows"}``),
-    recorded in both reports and logged, so the next stage and a reader see exactly what was left out.
+    ``dropped``: rows a ``drop`` policy removed before the checks (``{"policy", "reason", "count", "rows"}``,
+    see :func:`ngsll.quality.drop_rows`), recorded in both reports and logged, so the next stage and a reader
+    see exactly what was left out.
     """
     summary = {"success": report.success, "failures": report.failures, "results": report.results}
     write_json(report_path, {**summary, **({"dropped": dropped} if dropped else {})})
     page = report.to_html(stage)
     if dropped:
-        listed = "\n".join(f"id={row['id']}: {row['value']!r}" for row in dropped["rows"])
+        listed = "\n".join(f"{row['split'] + ' ' if 'split' in row else ''}id={row['id']}: {row['value']!r} "
+                            f"({row['reason']})" for row in dropped["rows"])
         page = page.replace("</body>", f"<h2>{dropped['count']} row(s) dropped ({html.escape(dropped['reason'])})</h2>"
                                        f"<pre>{html.escape(listed)}</pre></body>")
         log.warning("%s: dropped %d row(s) (%s): ids %s", stage, dropped["count"], dropped["reason"],

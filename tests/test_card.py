@@ -10,6 +10,7 @@ import yaml
 from PIL import Image
 
 from ngsll.card import render_html, render_markdown
+from ngsll.quality import listed_ids
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "pipeline" / "templates" / "model_card.md.j2"
 SECTIONS = ["Model details", "Intended use", "Training data", "Training procedure", "Evaluation", "Interpretation",
@@ -85,3 +86,15 @@ def test_a_regression_card_speaks_of_the_target_in_its_units() -> None:
     assert "regression of `price`" in card and "mean\n2.5e+05, std 9e+04" in card and "39000.000" in card
     assert "(price = 2.1e+05) → **2.3e+05** (standardised output -0.20)" in card
     assert " classes: " not in card and "### By output" in card and "test-RMSE gain" in card
+
+
+def test_the_card_lists_the_rows_a_gate_dropped() -> None:
+    dropped = {"policy": "rows_with_bad_pixels: drop", "reason": "pixels not finite or outside 0-255", "count": 2,
+               "rows": [{"split": "train", "id": 7, "value": "a.png", "reason": "x"},
+                        {"split": "test", "id": 3, "value": "b.png", "reason": "x"}]}
+    with_drop = context()
+    with_drop["validation"] = [{"name": "raw", "verdict": "passed", "passed": 18, "total": 18, "dropped": dropped,
+                                "dropped_ids": listed_ids(dropped)}]
+    card = render_markdown(TEMPLATE.read_text(), with_drop)
+    assert "2 row(s) dropped (pixels not finite or outside 0-255): ids train:7, test:3" in card
+    assert "dropped" not in render_markdown(TEMPLATE.read_text(), context()).split("Great Expectations")[1][:300]

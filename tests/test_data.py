@@ -125,6 +125,23 @@ def test_binary_labels_and_seeded_disjoint_splits() -> None:
         draw(40, 40, 0, "validation")
 
 
+def test_rows_a_gate_dropped_are_left_out_of_every_split_with_their_ids_kept() -> None:
+    arrays = fake_mnist()
+    arrays["train_labels"][[5, 6]] = 11  # say the gate dropped these two for their label, and test image 2
+    raw = RawImages.from_arrays(arrays)
+    splits, mapping, _ = image_splits(raw, {"task": "multiclass", "grid": [7, 7], "num_validation": 8}, seed=3,
+                                      where="test", dropped={"train": [5, 6], "test": [2]})
+    train_ids = np.concatenate([splits["train"].ids, splits["validation"].ids])
+    assert sorted(train_ids.tolist()) == [i for i in range(40) if i not in (5, 6)]
+    assert splits["test"].ids.tolist() == [i for i in range(10) if i != 2]
+    assert "11" not in mapping.class_names  # classes from the labels that remain
+    no_test = RawImages.from_arrays({name: arrays[name] for name in ("train_images", "train_labels")})
+    splits, _, _ = image_splits(no_test, {"task": "multiclass", "grid": [7, 7], "test_fraction": 0.25}, seed=3,
+                                where="test", dropped={"train": [5, 6]})
+    drawn = np.concatenate([split.ids for split in splits.values()])
+    assert sorted(drawn.tolist()) == [i for i in range(40) if i not in (5, 6)]  # ids of the source, not positions
+
+
 def test_downsample_averages_4x4_blocks() -> None:
     image = np.zeros((1, 28, 28), dtype=np.float32)
     image[0, 0:4, 4:8] = 1.0  # cell (0, 1) fully on

@@ -7,6 +7,7 @@ Each case builds its own tiny repository (``pipeline_repo.make_repo``), so this 
 
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
@@ -85,11 +86,52 @@ def test_the_drop_policy_leaves_wordless_sentences_out_and_lists_them(tmp_path) 
     result = run(["dvc", "repro", "validate_prepared@tiny"], repo)
     assert "dropped 1 row(s) (no word token): ids [60]" in result.stderr
     report = json.loads((repo / "reports/tiny/validation/raw.json").read_text())
-    assert report["success"] and report["dropped"]["rows"] == [{"id": 60, "value": "?!"}]
+    assert report["success"] and report["dropped"]["rows"] == [{"id": 60, "value": "?!", "reason": "no word token"}]
     assert "1 row(s) dropped" in (repo / "reports/tiny/validation/raw.html").read_text()
     ids = np.concatenate([np.load(repo / f"data/prepared/tiny/{split}.npz")["ids"]
                           for split in ("train", "validation", "test")])
     assert sorted(ids.tolist()) == list(range(60))  # every sentence but the dropped one
+
+
+def test_the_drop_policies_leave_bad_images_out_and_list_them_per_split(tmp_path) -> None:
+    arrays = {name: array.astype(np.float32) for name, array in fake_mnist(train=120, test=30).items()}
+    arrays["train_images"][7, 10, 10] = np.nan
+    arrays["test_labels"][3] = 11
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    params = tiny_params("npz", tmp_path / "mnist.npz", write_sentences(tmp_path / "reviews.csv"))
+    params["datasets"]["mnist"]["validate"] |= {"rows_with_bad_pixels": "drop", "rows_with_unknown_label": "drop"}
+    repo = make_repo(tmp_path, params)
+    result = run(["dvc", "repro", "validate_prepared@mnist"], repo)
+    assert "dropped 2 row(s)" in result.stderr
+    report = json.loads((repo / "reports/mnist/validation/raw.json").read_text())
+    assert report["success"] and [(row["split"], row["id"], row["reason"]) for row in report["dropped"]["rows"]] == [
+        ("train", 7, "pixels not finite or outside 0-255"), ("test", 3, report["dropped"]["rows"][1]["reason"])]
+    assert "label missing or not one of" in report["dropped"]["rows"][1]["reason"]
+    page = html.unescape((repo / "reports/mnist/validation/raw.html").read_text())
+    assert "2 row(s) dropped" in page and "train id=7: 'train[7]'" in page and "test id=3: \"test[3]: label '11'\"" in page
+    prepared = {split: np.load(repo / f"data/prepared/mnist/{split}.npz")["ids"].tolist()
+                for split in ("train", "validation", "test")}
+    assert sorted(prepared["train"] + prepared["validation"]) == [i for i in range(120) if i != 7]
+    assert prepared["test"] == [i for i in range(30) if i != 3]
+
+
+def test_the_drop_policy_leaves_a_table_row_out_of_range_out_and_lists_its_cell(tmp_path) -> None:
+    applicants = write_applicants(tmp_path / "applicants.csv")
+    lines = applicants.read_text().splitlines()
+    lines[5] = ",".join(["150", *lines[5].split(",")[1:]])  # data row 4: age 150, outside validate.ranges
+    applicants.write_text("\n".join(lines) + "\n")
+    params = tiny_params("npz", tmp_path / "missing.npz", write_sentences(tmp_path / "reviews.csv"),
+                         applicants=applicants)
+    params["datasets"]["credit"]["validate"]["rows_out_of_range"] = "drop"
+    repo = make_repo(tmp_path, params)
+    run(["dvc", "repro", "validate_prepared@credit"], repo)
+    report = json.loads((repo / "reports/credit/validation/raw.json").read_text())
+    assert report["success"] and report["dropped"]["count"] == 1
+    row = report["dropped"]["rows"][0]
+    assert row["value"] == "age=150" and row["reason"] == "a number outside validate.ranges"
+    ids = np.concatenate([np.load(repo / f"data/prepared/credit/{split}.npz")["ids"]
+                          for split in ("train", "validation", "test")])
+    assert row["id"] not in ids.tolist() and len(ids) == 119
 
 
 @pytest.mark.parametrize(("breakage", "expected"), [

@@ -10,8 +10,9 @@ import pytest
 
 from ngsll.errors import ConfigError
 from ngsll.quality import (
-    class_share_checks, class_share_frame, disjoint_checks, label_checks, prepared_checks, prepared_frame, raw_checks,
-    raw_image_frame, run_checks,
+    RowRule, class_share_checks, class_share_frame, disjoint_checks, drop_rows, dropped_ids, image_row_rules,
+    label_checks, listed_ids, prepared_checks, prepared_frame, raw_checks, raw_image_frame, run_checks,
+    table_row_rules,
 )
 
 pytest.importorskip("great_expectations")
@@ -132,3 +133,59 @@ def test_a_regression_target_is_checked_for_presence_and_range_not_classes() -> 
     classes = prepared_checks(num_features=2, class_share=None, tolerance=0.0, num_classes=2)
     assert not run_checks({"p": (prepared_frame(z, z == 0, np.array([-1.3, 0.7]), np.arange(2), "train"), classes)},
                           "p").success
+
+
+def test_drop_rows_keeps_every_row_under_fail_and_drops_exactly_the_breaking_ones_under_drop() -> None:
+    frame = pd.DataFrame({"id": [10, 11, 12, 13], "tokens": [3, 0, 2, 0], "label": [0, 1, 9, 1]})
+    rules = [RowRule("rows_without_words", "no word token", frame["tokens"].to_numpy() < 1, ["a", ":-)", "b", "?!"]),
+             RowRule("rows_with_bad_label", "label 9", (frame["label"] == 9).to_numpy(), ["a", ":-)", "b", "?!"])]
+    kept, report = drop_rows(frame, rules, {})  # fail is the default: the gate's expectation sees them
+    assert kept is frame and report is None
+    kept, report = drop_rows(frame, rules, {"rows_without_words": "drop"})
+    assert kept["id"].tolist() == [10, 12]
+    assert report == {"policy": "rows_without_words: drop", "reason": "no word token", "count": 2,
+                      "rows": [{"id": 11, "value": ":-)", "reason": "no word token"},
+                               {"id": 13, "value": "?!", "reason": "no word token"}]}
+    both = [rules[0], RowRule("rows_short", "short", np.array([False, True, True, False]), ["", "x", "y", ""])]
+    kept, report = drop_rows(frame, both, {"rows_without_words": "drop", "rows_short": "drop"})
+    assert kept["id"].tolist() == [10] and report["count"] == 3  # row 11 breaks both: listed once, first rule
+    assert [(row["id"], row["reason"]) for row in report["rows"]] == [(11, "no word token"), (13, "no word token"),
+                                                                       (12, "short")]
+    with pytest.raises(ConfigError, match=r"datasets.sms.validate.rows_without_words must be one of \['fail', 'drop'\]"):
+        drop_rows(frame, rules, {"rows_without_words": "skip"}, "datasets.sms.validate")
+
+
+def test_image_rules_flag_bad_pixels_and_unknown_labels_per_split_and_the_card_lists_them() -> None:
+    images, labels = good_images(6)
+    images = images.astype(np.float32)
+    images[1, 2, 2], images[3, 0, 0] = np.nan, 300.0
+    labels = labels.copy()
+    labels[4] = 11
+    frame = pd.concat([raw_image_frame(images, labels, "train", np.array([f"f{i}.png" for i in range(6)])),
+                       raw_image_frame(*good_images(3), "test")], ignore_index=True)
+    rules = image_row_rules(frame, [str(label) for label in range(10)])
+    assert [rule.key for rule in rules] == ["rows_with_bad_pixels", "rows_with_unknown_label"]
+    policies = {"rows_with_bad_pixels": "drop", "rows_with_unknown_label": "drop"}
+    kept, report = drop_rows(frame, rules, policies, ids_per_split=True)
+    assert [(row["split"], row["id"], row["value"]) for row in report["rows"]] == [
+        ("train", 1, "f1.png"), ("train", 3, "f3.png"), ("train", 4, "f4.png: label '11'")]
+    assert len(kept) == 6 and dropped_ids({"dropped": report}, "train") == [1, 3, 4]
+    assert dropped_ids({"dropped": report}, "test") == [] and dropped_ids({}) == []
+    left = raw_checks(labels=["0", "2", "5"], min_rows=1, max_rows=10, height=28, width=28, channels=1)
+    assert run_checks({"train": (kept[kept["split"] == "train"], left)}, "raw").success  # nothing bad remains
+    assert listed_ids(report) == "train:1, train:3, train:4" and listed_ids(report, limit=1) == "train:1 and 2 more"
+    assert image_row_rules(frame, None)[0].key == "rows_with_bad_pixels" and len(image_row_rules(frame, None)) == 1
+
+
+def test_table_rules_name_the_offending_cells_and_leave_missing_cells_to_their_tolerance() -> None:
+    frame = pd.DataFrame({"id": [0, 1, 2, 3], "age": [30.0, 150.0, np.nan, 17.0], "job": ["a", "b", "z", None]})
+    out_of_range, unknown = table_row_rules(frame, {"age": [18, 100]}, {"job": ["a", "b"]})
+    assert out_of_range.bad.tolist() == [False, True, False, True]  # the missing age is not out of range
+    assert unknown.bad.tolist() == [False, False, True, False]  # nor the missing job an unknown category
+    kept, report = drop_rows(frame, [out_of_range, unknown], {"rows_out_of_range": "drop",
+                                                            "rows_with_unknown_category": "drop"})
+    assert kept["id"].tolist() == [0]
+    assert [row["value"] for row in report["rows"]] == ["age=150.0", "age=17.0", "job=z"]
+    assert listed_ids(report) == "1, 3, 2"
+    open_ended = table_row_rules(frame, {"age": [None, 100]}, None)[0]
+    assert open_ended.bad.tolist() == [False, True, False, False]

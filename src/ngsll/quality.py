@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,15 +86,116 @@ def raw_text_frame(corpus: pd.DataFrame) -> pd.DataFrame:
 ROW_POLICIES = ("fail", "drop")
 
 
-def rows_to_drop(frame: pd.DataFrame, column: str, minimum: float, policy: str) -> pd.DataFrame:
-    """The rows of ``frame`` whose ``column`` is below ``minimum`` when ``policy`` is ``drop``, else none.
+@dataclass(frozen=True)
+class RowRule:
+    """A row-level expectation whose failing rows a gate's params may drop instead of failing on.
 
-    ``policy``: ``fail`` (the gate's expectation fails on such rows) or ``drop`` (they are removed before
-    the expectations run, and the caller reports them).
+    key: the ``validate`` setting that holds the rule's policy (e.g. ``rows_without_words``); reason: what is
+    wrong with a breaking row, for the reports; bad: (N,) True where a row of the gated frame breaks the rule;
+    shown: what the report lists for a breaking row (its text, file or offending cells), indexed by position.
     """
-    if policy not in ROW_POLICIES:
-        raise ConfigError(f"a row policy must be one of {ROW_POLICIES}, got {policy!r}")
-    return frame[frame[column] < minimum] if policy == "drop" else frame.iloc[:0]
+
+    key: str
+    reason: str
+    bad: np.ndarray
+    shown: Sequence[Any] | Mapping[int, Any]
+
+
+def drop_rows(frame: pd.DataFrame, rules: list[RowRule], settings: dict[str, Any], where: str = "validate",
+              ids_per_split: bool = False) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """``frame`` without the rows that break a rule whose policy in ``settings`` is ``drop``, and the report.
+
+    Each rule's policy is ``settings[rule.key]``: ``fail`` (the default: the rows stay, and the gate's
+    expectation fails on them, naming them) or ``drop`` (they are removed before the expectations run).
+    The report is None when nothing was dropped, else ``{"policy", "reason", "count", "rows"}`` with one
+    ``{"id", "value", "reason"}`` per dropped row (plus ``"split"`` with ``ids_per_split``: image ids count
+    within their split). A row breaking several dropped rules is listed once,
+    under the first. Raises :class:`ConfigError` for a policy other than ``fail`` or ``drop``.
+    """
+    dropped = np.zeros(len(frame), dtype=bool)  # (N,)
+    rows, used = [], []
+    for rule in rules:
+        policy = settings.get(rule.key) or "fail"
+        if policy not in ROW_POLICIES:
+            raise ConfigError(f"{where}.{rule.key} must be one of {list(ROW_POLICIES)}, got {policy!r}")
+        new = np.asarray(rule.bad, dtype=bool) & ~dropped if policy == "drop" else np.zeros(len(frame), dtype=bool)
+        if not new.any():
+            continue
+        used.append(rule)
+        for position in np.flatnonzero(new):
+            row = {"id": int(frame["id"].iloc[position]), "value": rule.shown[position], "reason": rule.reason}
+            rows.append({"split": str(frame["split"].iloc[position]), **row} if ids_per_split else row)
+        dropped |= new
+    if not rows:
+        return frame, None
+    report = {"policy": ", ".join(f"{rule.key}: drop" for rule in used),
+              "reason": "; ".join(rule.reason for rule in used), "count": len(rows), "rows": rows}
+    return frame[~dropped], report
+
+
+def dropped_ids(report: dict[str, Any], split: str | None = None) -> list[int]:
+    """The ids a gate's report lists as dropped (of one ``split`` where given: image ids count per split)."""
+    rows = (report.get("dropped") or {}).get("rows", [])
+    return [row["id"] for row in rows if split is None or row.get("split") == split]
+
+
+def listed_ids(dropped: dict[str, Any] | None, limit: int = 20) -> str:
+    """The ids of a :func:`drop_rows` report as a card lists them: ``60, 61`` (``train:3`` where ids count per
+    split), at most ``limit`` of them and how many more."""
+    rows = (dropped or {}).get("rows", [])
+    shown = [f"{row['split']}:{row['id']}" if "split" in row else str(row["id"]) for row in rows[:limit]]
+    return ", ".join(shown) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def text_row_rules(frame: pd.DataFrame, texts: pd.Series) -> list[RowRule]:
+    """Row rules of a raw corpus (:func:`raw_text_frame`): ``rows_without_words``, a sentence without a word
+    token (an emoticon-only SMS ``:-)``), listed with its text."""
+    return [RowRule("rows_without_words", "no word token", frame["tokens"].to_numpy() < 1, texts.tolist())]
+
+
+def image_row_rules(frame: pd.DataFrame, labels: list[str] | None) -> list[RowRule]:
+    """Row rules of one raw image split (:func:`raw_image_frame`), each listed with its file:
+    ``rows_with_bad_pixels`` (a non-finite pixel, or one outside 0-255) and, for classes (``labels`` not None),
+    ``rows_with_unknown_label`` (no label, or one outside ``labels``)."""
+    files = frame["file"].astype(str).to_numpy()
+    bad_pixels = (frame["nonfinite"] > 0) | (frame["pixel_min"] < 0) | (frame["pixel_max"] > 255)  # (N,)
+    rules = [RowRule("rows_with_bad_pixels", "pixels not finite or outside 0-255", bad_pixels.to_numpy(), files)]
+    if labels is not None:
+        shown = [f"{file}: label {label!r}" for file, label in zip(files, frame["label"])]
+        rules.append(RowRule("rows_with_unknown_label", f"label missing or not one of {list(labels)}",
+                             ~frame["label"].isin(list(labels)).to_numpy(), shown))
+    return rules
+
+
+def _cells(frame: pd.DataFrame, bad: dict[str, np.ndarray]) -> dict[int, str]:
+    """Position -> ``column=value`` of that row's offending cells, for the rows with one."""
+    shown: dict[int, list[str]] = {}
+    for column, mask in bad.items():
+        for position in np.flatnonzero(mask):  # only the offending cells, a handful in a real table
+            shown.setdefault(int(position), []).append(f"{column}={frame[column].iloc[position]}")
+    return {position: ", ".join(cells) for position, cells in shown.items()}
+
+
+def table_row_rules(frame: pd.DataFrame, ranges: dict[str, list[float | None]] | None = None,
+                    categories: dict[str, list[str]] | None = None) -> list[RowRule]:
+    """Row rules of a raw table, each row listed with its offending cells (``age=150``):
+    ``rows_out_of_range`` (a number outside ``ranges``: {column: [low, high]}, None open) and
+    ``rows_with_unknown_category`` (a value outside ``categories``: {column: values}). Missing cells break
+    neither rule: their tolerance is ``validate.max_missing_share``."""
+    outside, unknown = {}, {}
+    for column, (low, high) in (ranges or {}).items():
+        if column in frame:
+            values = pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float64)  # (N,) NaN: missing
+            outside[column] = (values < (-np.inf if low is None else low)) | (values > (np.inf if high is None else high))
+    for column, accepted in (categories or {}).items():
+        if column in frame:
+            values = frame[column]
+            unknown[column] = (values.notna() & ~values.astype(str).isin([str(v) for v in accepted])).to_numpy()
+    none = np.zeros(len(frame), dtype=bool)
+    return [RowRule("rows_out_of_range", "a number outside validate.ranges",
+                    np.logical_or.reduce([none, *outside.values()]), _cells(frame, outside)),
+            RowRule("rows_with_unknown_category", "a category outside validate.categories",
+                    np.logical_or.reduce([none, *unknown.values()]), _cells(frame, unknown))]
 
 
 def label_checks(labels: list | None, label_range: list[float | None] | None = None) -> list[Check]:

@@ -397,22 +397,28 @@ def draw(count: int, size: int, seed: int, what: str) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False))
 
 
-def image_splits(raw: RawImages, data: dict[str, Any], seed: int, where: str) -> tuple[dict[str, ImageSplit], ClassMapping, ImageSpec]:
+def image_splits(raw: RawImages, data: dict[str, Any], seed: int, where: str,
+                 dropped: dict[str, list[int]] | None = None) -> tuple[dict[str, ImageSplit], ClassMapping, ImageSpec]:
     """Train/validation/test splits of ``raw`` under ``data``'s task, with the class mapping and image spec.
 
+    dropped: source split -> ids (positions in that split) a quality gate dropped; they are left out
+    before anything is drawn, and the class mapping is taken from the training labels that remain.
     validation: ``num_validation`` training samples (or ``validation_fraction`` of them) drawn by ``seed``;
     test: the source's own test split, else ``test_fraction`` of all samples drawn by ``seed + 1``.
     """
     spec = image_spec(raw, data)
-    mapping = class_mapping(raw.labels["train"], data, where)
     images, labels = dict(raw.images), dict(raw.labels)
     ids = {split: np.arange(len(images[split])) for split in images}
+    for split, left_out in (dropped or {}).items():
+        keep = ~np.isin(ids[split], np.asarray(left_out, dtype=np.int64))  # (N,)
+        images[split], labels[split], ids[split] = images[split][keep], labels[split][keep], ids[split][keep]
+    mapping = class_mapping(labels["train"], data, where)
     if "test" not in images:
         count = len(images["train"])
         test = draw(count, max(1, int(round(float(data.get("test_fraction", 0.1)) * count))), seed + 1, "test_fraction")
         rest = np.setdiff1d(np.arange(count), test)
-        images["test"], labels["test"], ids["test"] = images["train"][test], labels["train"][test], test
-        images["train"], labels["train"], ids["train"] = images["train"][rest], labels["train"][rest], rest
+        images["test"], labels["test"], ids["test"] = images["train"][test], labels["train"][test], ids["train"][test]
+        images["train"], labels["train"], ids["train"] = images["train"][rest], labels["train"][rest], ids["train"][rest]
     num_train = len(images["train"])
     size = data.get("num_validation") or max(1, int(round(float(data.get("validation_fraction", 0.1)) * num_train)))
     validation = draw(num_train, int(size), seed, "the validation split (num_validation / validation_fraction)")
