@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ngsll import ConfigError, InputError
-from ngsll.baselines import LinearBaseline, fit_linear_baseline
+from ngsll.baselines import RIDGE_ALPHAS, LinearBaseline, fit_linear_baseline, ridge_cv_alpha
 
 
 def test_top_k_uses_only_the_largest_weights() -> None:
@@ -43,3 +43,19 @@ def test_multiclass_baseline_ranks_by_sum_of_squares() -> None:
 def test_unknown_baseline_is_refused() -> None:
     with pytest.raises(ConfigError, match="ridge"):
         fit_linear_baseline("svm", np.ones((4, 2)), np.array([0, 1, 0, 1]), task="binary")
+
+
+@pytest.mark.parametrize(("samples", "features", "outputs"), [(60, 20, 1), (45, 90, 3)])  # XᵀX and XXᵀ (d > N)
+def test_ridge_cv_alpha_is_the_alpha_ridgecv_chooses(samples: int, features: int, outputs: int) -> None:
+    from sklearn.linear_model import RidgeCV
+
+    chosen = []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        z = rng.random((samples, features)).astype(np.float32)
+        truth = rng.normal(size=(features, outputs)) * (rng.random((features, 1)) < 0.3)
+        targets = z @ truth + rng.normal(scale=0.5 + seed, size=(samples, outputs))  # noisier: a larger alpha
+        expected = RidgeCV(alphas=RIDGE_ALPHAS, cv=3).fit(z, targets).alpha_
+        assert ridge_cv_alpha(z, targets, RIDGE_ALPHAS, 3) == pytest.approx(expected, rel=1e-12)
+        chosen.append(expected)
+    assert len(set(chosen)) > 1 and not set(chosen) <= {RIDGE_ALPHAS[0], RIDGE_ALPHAS[-1]}  # the grid's inside

@@ -3,7 +3,8 @@ evaluated with only K weights, and for tables the usual non-sparse choices, a gr
 an Explainable Boosting Machine.
 
 As in the paper, the linear models' regularisation strength is chosen by cross validation (scikit-learn's
-``RidgeCV``, ``LassoCV``/``MultiTaskLassoCV``, ``LogisticRegressionCV``), and accuracy at K keeps only the
+``LassoCV``/``MultiTaskLassoCV``, ``LogisticRegressionCV``, and for Ridge :func:`ridge_cv_alpha`, the alpha
+``RidgeCV`` chooses, computed faster), and accuracy at K keeps only the
 K largest |weights| (ranked by the sum of squares over classes for multi-class models); the intercept is
 kept.
 """
@@ -13,7 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.linear_model import LassoCV, LogisticRegressionCV, MultiTaskLassoCV, RidgeCV
+from scipy import linalg
+from sklearn.linear_model import LassoCV, LogisticRegressionCV, MultiTaskLassoCV, Ridge
+from sklearn.metrics import r2_score
+from sklearn.model_selection import KFold
 
 from ngsll.errors import ConfigError, InputError
 
@@ -40,6 +44,38 @@ def regression_targets(y: np.ndarray, task: str, num_classes: int) -> np.ndarray
     if task == "multiclass":
         return 2.0 * np.eye(num_classes)[y] - 1.0
     return y.astype(np.float64)[:, None]
+
+
+RIDGE_ALPHAS = np.logspace(-3, 3, 13)
+
+
+def ridge_cv_alpha(z: np.ndarray, targets: np.ndarray, alphas: np.ndarray = RIDGE_ALPHAS, cv_folds: int = 3) -> float:
+    """The alpha ``RidgeCV(alphas, cv=cv_folds)`` chooses for (N, d) ``z`` and (N, C) ``targets``: the best mean
+    R² over unshuffled folds (the first alpha on a tie).
+
+    ``RidgeCV`` with ``cv`` runs a grid search that rebuilds each fold's Gram matrix (XᵀX, or XXᵀ when d > N as
+    for a bag of words) for every alpha, which is most of its time (about 2 min on MR's 8,000 words). Here each
+    fold's centred Gram matrix is built once and every alpha solved on it with the same Cholesky solve as
+    scikit-learn's ridge; the scores agree with ``RidgeCV``'s to rounding (tested), and the final model is
+    scikit-learn's ``Ridge`` at the chosen alpha.
+    """
+    scores = np.zeros(len(alphas))  # (A,) sum over folds of the held-out R²
+    for train, test in KFold(cv_folds).split(z):
+        x_offset, y_offset = z[train].mean(axis=0), targets[train].mean(axis=0)  # (d,), (C,)
+        x = z[train] - x_offset  # (n, d)
+        y = (targets[train] - y_offset).astype(x.dtype)  # (n, C)
+        dual = x.shape[1] > x.shape[0]
+        gram = x @ x.T if dual else x.T @ x  # (n, n) or (d, d)
+        right = y if dual else x.T @ y  # (n, C) or (d, C)
+        held_out = z[test] - x_offset  # (m, d)
+        diagonal = gram.diagonal().copy()
+        for index, alpha in enumerate(alphas):
+            np.fill_diagonal(gram, diagonal + alpha)  # restored exactly below, unlike a += then -=
+            solution = linalg.solve(gram, right, assume_a="pos")  # (n or d, C)
+            np.fill_diagonal(gram, diagonal)
+            coef = x.T @ solution if dual else solution  # (d, C)
+            scores[index] += r2_score(targets[test], held_out @ coef + y_offset)
+    return float(alphas[int(np.argmax(scores))])
 
 
 @dataclass
@@ -91,13 +127,14 @@ def fit_linear_baseline(
                               alpha_=float(1.0 / np.atleast_1d(model.C_)[0]))
     targets = regression_targets(y, task, num_classes)  # (N, C)
     if name == "ridge":
-        model = RidgeCV(alphas=np.logspace(-3, 3, 13), cv=cv_folds).fit(z, targets)
-        coef, alpha = np.atleast_2d(model.coef_).T, float(model.alpha_)
+        alpha = ridge_cv_alpha(z, targets, RIDGE_ALPHAS, cv_folds)
+        model = Ridge(alpha=alpha).fit(z, targets)
+        coef = np.atleast_2d(model.coef_).T
     elif targets.shape[1] == 1:
-        model = LassoCV(cv=cv_folds, alphas=30, random_state=seed, max_iter=5000).fit(z, targets[:, 0])
+        model = LassoCV(cv=cv_folds, alphas=30, random_state=seed, max_iter=5000, n_jobs=-1).fit(z, targets[:, 0])
         coef, alpha = model.coef_[:, None], float(model.alpha_)
     else:
-        model = MultiTaskLassoCV(cv=cv_folds, alphas=20, random_state=seed, max_iter=2000).fit(z, targets)
+        model = MultiTaskLassoCV(cv=cv_folds, alphas=20, random_state=seed, max_iter=2000, n_jobs=-1).fit(z, targets)
         coef, alpha = model.coef_.T, float(model.alpha_)
     return LinearBaseline(name=name, task=task, coef_=coef, intercept_=np.atleast_1d(model.intercept_), alpha_=alpha)
 
