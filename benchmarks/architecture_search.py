@@ -34,8 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import QUICK_OVERRIDES, _experiments  # noqa: E402
+
+from ngsll.config import dataset_settings  # noqa: E402
+from ngsll.train import kept_epoch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,22 +73,20 @@ def experiment_revisions(repo: Path, names: list[str]) -> dict[str, str]:
     return {name: revisions[name] for name in names}
 
 
-def kept_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The epoch whose weights a phase ended with: the lowest validation loss (the first of equal ones)."""
-    return min(history, key=lambda row: row["val_loss"])
-
-
 def validation_scores(repo: Path, revision: str, dataset: str) -> dict[str, float]:
     """Per K, the kept fine model's validation accuracy (``mse`` for regression), read from the experiment's
-    committed ``metrics/<dataset>/history/fine/k<K>.json``."""
+    committed ``metrics/<dataset>/history/fine/k<K>.json`` at the epoch its fine phase kept (its params' monitor)."""
     folder = f"metrics/{dataset}/history/fine"
+    params = yaml.safe_load(subprocess.run(["git", "show", f"{revision}:params.yaml"], cwd=repo, capture_output=True,
+                                           text=True, check=True).stdout)
+    monitor = dataset_settings(params, dataset).train["fine"].get("monitor", "val_loss")  # the experiment's own
     listed = subprocess.run(["git", "ls-tree", "--name-only", f"{revision}:{folder}"], cwd=repo,
                             capture_output=True, text=True, check=True).stdout.split()
     scores = {}
     for file in sorted(listed, key=lambda name: int(name[1:-5])):  # k1.json, k5.json, k10.json
         shown = subprocess.run(["git", "show", f"{revision}:{folder}/{file}"], cwd=repo, capture_output=True,
                                text=True, check=True)
-        row = kept_epoch(json.loads(shown.stdout))
+        row = kept_epoch(json.loads(shown.stdout), monitor)
         scores[file[1:-5]] = float(row["val_accuracy"] if "val_accuracy" in row else row["val_mse"])
     return scores
 
@@ -173,7 +176,6 @@ def main() -> None:
     parser.add_argument("--prefix", default=f"arch-{time.strftime('%Y%m%d-%H%M%S')}", help="experiment names")
     parser.add_argument("--set-param", "-S", action="append", default=[], help="extra `dvc exp run -S` override")
     args = parser.parse_args()
-    import yaml
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     grid = params.get("architecture_search") or {}

@@ -22,6 +22,7 @@ from ngsll.evaluation import METRIC_TITLES, format_table, primary_metric
 from ngsll.explain import predict_explain
 from ngsll.quality import listed_ids
 from ngsll.target import TargetScale
+from ngsll.train import kept_epoch
 from ngsll_plugins.run_context import version_tags
 from ngsll_plugins.tracking import configure, end_runs_on_signal
 from stage_io import load_checkpoint, load_params, load_split, log, read_json, setup_logging, write_text
@@ -34,7 +35,7 @@ def phase_row(name: str, checkpoint: dict) -> dict:
     world_size = int(checkpoint.get("world_size", 1))
     device = checkpoint["device"] + (f" x {world_size} DDP processes" if world_size > 1 else "")
     return {"name": name, "k": phase["k"], "tau": phase["tau"], "optimizer": phase["optimizer"], "lr": phase["lr"],
-            "epochs": len(history), "best_epoch": min(history, key=lambda row: row["val_loss"])["epoch"],
+            "epochs": len(history), "best_epoch": kept_epoch(history, phase.get("monitor", "val_loss"))["epoch"],
             "seconds": sum(row["seconds"] for row in history), "device": device}
 
 

@@ -9,7 +9,8 @@ import torch
 from conftest import tiny_args
 from ngsll import build_model
 from ngsll.baselines import fit_linear_baseline
-from ngsll.train import PhaseConfig, TensorData, evaluate, train_phase
+from ngsll import ConfigError
+from ngsll.train import PhaseConfig, PhaseResult, TensorData, evaluate, improves, kept_epoch, train_phase
 
 
 def context_flip_problem(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -72,3 +73,45 @@ def test_the_fine_phase_runs_at_lr_ratio_times_the_coarse_final_lr() -> None:
     model.set_gate(phase.k, phase.tau)
     fine = train_phase(model, data, data, phase, seed=0, progress=False)
     assert fine.history[0]["lr"] == pytest.approx(0.1 * coarse_final_lr)  # the optimizer really ran at it
+
+
+def test_improvement_is_judged_by_the_monitored_metric() -> None:
+    kept = PhaseResult(best_val_loss=0.5, best_val_accuracy=0.8)
+    lower_loss_lower_accuracy = {"loss": 0.4, "accuracy": 0.7}
+    higher_loss_higher_accuracy = {"loss": 0.9, "accuracy": 0.9}
+    assert improves(lower_loss_lower_accuracy, kept, "val_loss")
+    assert not improves(higher_loss_higher_accuracy, kept, "val_loss")
+    assert improves(higher_loss_higher_accuracy, kept, "val_accuracy")
+    assert not improves(lower_loss_lower_accuracy, kept, "val_accuracy")
+    assert improves({"loss": 0.4, "accuracy": 0.8}, kept, "val_accuracy")  # a tie goes to the lower loss
+    assert not improves({"loss": 0.6, "accuracy": 0.8}, kept, "val_accuracy")
+    with pytest.raises(ConfigError, match="regression"):
+        improves({"loss": 0.4, "mse": 0.4}, PhaseResult(), "val_accuracy")
+    with pytest.raises(ConfigError, match="monitor must be one of"):
+        PhaseConfig(monitor="accuracy")
+
+
+def test_the_kept_epoch_is_the_best_one_of_the_monitored_metric() -> None:
+    """Noisy labels: the validation loss and accuracy peak at different epochs, and each monitor keeps its own,
+    with the weights of that epoch (the final evaluation equals that epoch's history row)."""
+    x, z, y = context_flip_problem(600, seed=4)
+    flipped = np.random.default_rng(4).random(len(y)) < 0.3
+    y = np.where(flipped, 1 - y, y)
+    train, validation = TensorData.from_arrays(x[:400], z[:400], y[:400]), TensorData.from_arrays(x[400:], z[400:], y[400:])
+    kept = {}
+    for monitor in ("val_loss", "val_accuracy"):
+        torch.manual_seed(0)
+        model = build_model(tiny_args(num_features=3, k=2, hidden_units=32))
+        config = PhaseConfig(k=2, lr=3e-2, max_epochs=10, patience=10, batch_size=32, monitor=monitor)
+        result = train_phase(model, train, validation, config, seed=0, progress=False)
+        best = result.history[result.best_epoch - 1]
+        assert evaluate(model, validation) == {"loss": pytest.approx(best["val_loss"]),
+                                               "accuracy": pytest.approx(best["val_accuracy"])}
+        kept[monitor] = result.best_epoch
+        assert kept_epoch(result.history, monitor)["epoch"] == result.best_epoch  # what card and search read
+        history = result.history
+    losses = [row["val_loss"] for row in history]
+    accuracies = [(row["val_accuracy"], -row["val_loss"]) for row in history]  # ties broken by the lower loss
+    assert kept["val_loss"] == 1 + int(np.argmin(losses))
+    assert kept["val_accuracy"] == 1 + max(range(len(history)), key=accuracies.__getitem__)
+    assert kept["val_loss"] != kept["val_accuracy"]  # the two monitors disagree here, so both choices are tested

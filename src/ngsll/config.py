@@ -147,13 +147,14 @@ def model_args(
     return ModelArgs(
         input_kind="text", vocab_size=int(features["sequence_vocabulary_size"]),
         embedding_dim=int(model["embedding_dim"]), filter_widths=[int(w) for w in model["filter_widths"]],
-        filter_maps=int(model["filter_maps"]), dropout=float(model["dropout"]), **common,
+        filter_maps=int(model["filter_maps"]), dropout=float(model["dropout"]),
+        word_dropout=float(model.get("word_dropout", 0.0)), **common,
     )
 
 
 def _phase(values: dict[str, Any], batch_size: int, **overrides: Any) -> PhaseConfig:
     accepted = {"k", "tau", "optimizer", "lr", "momentum", "weight_decay", "max_epochs", "patience", "lr_decay_factor",
-                "lr_decay_patience"}
+                "lr_decay_patience", "monitor"}
     chosen = {key: value for key, value in values.items() if key in accepted}
     return PhaseConfig(batch_size=batch_size, **{**chosen, **overrides})
 

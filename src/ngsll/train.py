@@ -29,6 +29,7 @@ from ngsll.errors import ConfigError, InputError
 from ngsll.model import DNNClassifier, NGSLL, NGSLLOutput
 
 OPTIMIZERS = ("adam", "sgd")
+MONITORS = ("val_loss", "val_accuracy")
 # Redraw often on a terminal; rarely when stderr is a log file (DVC, CI), so logs stay readable.
 _PROGRESS_INTERVAL = 0.5 if sys.stderr.isatty() else 30.0
 
@@ -98,8 +99,10 @@ class PhaseConfig:
 
     k / tau: gate settings (ignored by the DNN); optimizer: ``adam`` or ``sgd``; lr: learning rate;
     momentum: for SGD; weight_decay: L2 penalty (decoupled, AdamW-style, for Adam); max_epochs / patience:
-    early stopping on validation loss; batch_size; lr_decay_factor / lr_decay_patience: multiply lr by the
-    factor after that many epochs without improvement (1.0 disables decay).
+    early stopping; monitor: what "improvement" means for early stopping, the kept epoch and lr decay,
+    ``val_loss`` (lower, the default) or ``val_accuracy`` (higher; a tie goes to the lower loss; not for
+    regression); batch_size; lr_decay_factor / lr_decay_patience: multiply lr by the factor after that many
+    epochs without improvement (1.0 disables decay).
     """
 
     k: int = 10
@@ -113,6 +116,7 @@ class PhaseConfig:
     batch_size: int = 128
     lr_decay_factor: float = 1.0
     lr_decay_patience: int = 1
+    monitor: str = "val_loss"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -128,15 +132,19 @@ class PhaseConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 < self.lr_decay_factor <= 1:
             raise ConfigError(f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
 
 
 @dataclass
 class PhaseResult:
-    """What a phase produced: per-epoch ``history`` rows, the best epoch and the final learning rate."""
+    """What a phase produced: per-epoch ``history`` rows, the kept (best) epoch with its validation loss and
+    accuracy (``-inf`` for regression), and the final learning rate."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_val_loss: float = math.inf
+    best_val_accuracy: float = -math.inf
     final_lr: float = 0.0
     device: str = "cpu"
 
@@ -196,6 +204,32 @@ def evaluate(
     return metrics
 
 
+def improves(val: dict[str, float], best: PhaseResult, monitor: str) -> bool:
+    """Whether an epoch's validation metrics ``val`` beat the kept epoch's under ``monitor`` (see PhaseConfig)."""
+    if monitor == "val_loss":
+        return val["loss"] < best.best_val_loss
+    if "accuracy" not in val:
+        raise ConfigError("monitor 'val_accuracy' needs a classification task; use 'val_loss' for regression")
+    if val["accuracy"] != best.best_val_accuracy:
+        return val["accuracy"] > best.best_val_accuracy
+    return val["loss"] < best.best_val_loss
+
+
+def kept_epoch(history: list[dict[str, float]], monitor: str = "val_loss") -> dict[str, float]:
+    """The row of a :func:`train_phase` ``history`` whose weights the phase ended with under ``monitor``.
+
+    Replays :func:`improves` over the rows, so it names the epoch ``train_phase`` kept (``best_epoch``).
+    """
+    if not history:
+        raise InputError("an empty training history has no kept epoch")
+    kept, best = history[0], PhaseResult()
+    for row in history:
+        val = {"loss": row["val_loss"], **({"accuracy": row["val_accuracy"]} if "val_accuracy" in row else {})}
+        if improves(val, best, monitor):
+            kept, best.best_val_loss, best.best_val_accuracy = row, val["loss"], val.get("accuracy", -math.inf)
+    return kept
+
+
 def make_optimizer(model: nn.Module, config: PhaseConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -213,9 +247,10 @@ def train_phase(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     context: DistributedContext | None = None,
 ) -> PhaseResult:
-    """Train until the validation loss has not improved for ``config.patience`` epochs.
+    """Train until the monitored validation metric has not improved for ``config.patience`` epochs.
 
-    The model ends with the weights of its best validation epoch. For NGSLL the gate is first set to
+    The model ends with the weights of its best validation epoch (``config.monitor``: the lowest loss, or the
+    highest accuracy with ties going to the lower loss). For NGSLL the gate is first set to
     ``config.k`` / ``config.tau``. Data must already sit on the model's device. ``on_epoch`` (e.g. an
     experiment tracker) receives each history row as soon as the epoch ends.
 
@@ -274,9 +309,10 @@ def train_phase(
         if show:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
             tqdm.write(f"{description} epoch {epoch}: {shown}")
-        improved = agree(val["loss"] < result.best_val_loss, context, device)
+        improved = agree(improves(val, result, config.monitor), context, device)
         if improved:
             result.best_val_loss, result.best_epoch = val["loss"], epoch
+            result.best_val_accuracy = val.get("accuracy", -math.inf)
             best_state = copy.deepcopy(model.state_dict())
             epochs_without_improvement = epochs_since_decay = 0
         else:
