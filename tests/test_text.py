@@ -144,6 +144,33 @@ def test_sentence_cnn_learns_context_dependent_word_weights() -> None:
     assert weights[0] > 0 > weights[1]
 
 
+def embedding_inputs(model, tokens: torch.Tensor) -> torch.Tensor:
+    """The token ids the generator's embedding layer actually read for ``tokens`` in one forward pass."""
+    seen = []
+    hook = model.generator.embedding.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    model(tokens, torch.ones(tokens.shape[0], model.args.num_features))
+    hook.remove()
+    return seen[0]
+
+
+def test_word_dropout_reads_a_share_of_words_as_unknown_in_training_only() -> None:
+    torch.manual_seed(0)
+    tokens = torch.randint(2, 12, (200, 30))  # (200, 30) real words only ...
+    tokens[:, 20:] = PAD_ID  # ... then padding
+    model = build_model(tiny_text_args(word_dropout=0.25)).train()
+    read = embedding_inputs(model, tokens)
+    words = tokens != PAD_ID
+    replaced = read != tokens
+    assert (read[replaced] == UNKNOWN_ID).all()  # a dropped word becomes the unknown word ...
+    assert not replaced[~words].any()  # ... and padding is never touched
+    # 4,000 words at p = 0.25: the share's standard deviation is 0.007, so 0.03 is over four of them.
+    assert replaced[words].float().mean().item() == pytest.approx(0.25, abs=0.03)
+    assert torch.equal(embedding_inputs(model.eval(), tokens), tokens)  # evaluation reads every word
+    assert torch.equal(embedding_inputs(build_model(tiny_text_args()).train(), tokens), tokens)  # default: off
+    with pytest.raises(ConfigError, match="word_dropout"):
+        build_model(tiny_text_args(word_dropout=1.0))
+
+
 def test_text_model_args_come_from_params_and_prepared_features() -> None:
     params = {
         "defaults": {"text": {"data": {"counts": False, "format": "csv"}, "validate": {}, "serve": {"k": 2},
@@ -159,7 +186,9 @@ def test_text_model_args_come_from_params_and_prepared_features() -> None:
     assert settings.tracking == {"experiment": "tiny", "registered_model": "ngsll-tiny"}
     args = model_args(settings, features, kind="dnn")
     assert (args.task, args.num_classes, args.num_features, args.vocab_size, args.kind) == ("multiclass", 3, 3, 7, "dnn")
-    assert (args.embedding_dim, args.hidden_units) == (4, 6)
+    assert (args.embedding_dim, args.hidden_units, args.word_dropout) == (4, 6, 0.0)  # absent: off
+    params["datasets"]["tiny"]["model"]["word_dropout"] = 0.25
+    assert model_args(dataset_settings(params, "tiny"), features).word_dropout == 0.25
     regression = model_args(settings, {**features, "task": "regression", "class_names": []})
     assert (regression.task, regression.num_classes) == ("regression", 1)
     with pytest.raises(ConfigError, match="unknown dataset"):

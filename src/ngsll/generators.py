@@ -4,7 +4,8 @@
   connected layers of U units (ReLU) and a linear output layer.
 * Text (section 4.2): the sentence CNN of Kim (2014) trained from scratch: word embedding, one 1-D
   convolution per filter width (3/4/5, 100 maps each), ReLU, max-over-time pooling, dropout, then the same
-  L fully connected layers.
+  L fully connected layers. Optional word dropout: in training, each word is read as the unknown word with
+  a given probability, so the network cannot lean on a rare word it has memorised.
 
 * Tables: each categorical code embedded (one table of vectors per column), concatenated with the row's
   numbers, dropout, then the same L fully connected layers.
@@ -22,8 +23,7 @@ import torch
 from torch import nn
 
 from ngsll.errors import ConfigError
-
-PAD_ID = 0  # token id of padding in text inputs (see ngsll.text)
+from ngsll.text import PAD_ID, UNKNOWN_ID  # token ids of padding and of the unknown word in text inputs
 
 
 def mlp_head(in_features: int, hidden_layers: int, hidden_units: int, out_features: int) -> nn.Sequential:
@@ -111,6 +111,8 @@ class SentenceCNNGenerator(nn.Module):
         filter_maps: feature maps per width (100).
         dropout: dropout rate on the pooled features (0.5).
         hidden_layers / hidden_units / out_features: as in :class:`ImageWeightGenerator`.
+        word_dropout: in training mode, the probability that a (non-padding) token is replaced by the unknown
+            word before the embedding (default 0: off); evaluation never drops words.
 
     Sentences shorter than the widest filter are padded on the fly, so any T >= 1 is accepted.
     """
@@ -125,6 +127,7 @@ class SentenceCNNGenerator(nn.Module):
         hidden_layers: int,
         hidden_units: int,
         out_features: int,
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if not filter_widths or min(filter_widths) < 1 or filter_maps < 1 or embedding_dim < 1:
@@ -132,8 +135,9 @@ class SentenceCNNGenerator(nn.Module):
                 f"filter_widths must list widths >= 1 and filter_maps, embedding_dim must be >= 1, got "
                 f"{list(filter_widths)}, {filter_maps}, {embedding_dim}"
             )
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"dropout must lie in [0, 1), got {dropout}")
+        if not 0 <= dropout < 1 or not 0 <= word_dropout < 1:
+            raise ConfigError(f"dropout and word_dropout must lie in [0, 1), got {dropout} and {word_dropout}")
+        self.word_dropout = word_dropout
         self.min_length = max(filter_widths)
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
         self.convolutions = nn.ModuleList(nn.Conv1d(embedding_dim, filter_maps, width) for width in filter_widths)
@@ -152,9 +156,13 @@ class SentenceCNNGenerator(nn.Module):
             hidden_layers=args.hidden_layers,
             hidden_units=args.hidden_units,
             out_features=out_features,
+            word_dropout=args.word_dropout,
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.training and self.word_dropout > 0:
+            dropped = (torch.rand(tokens.shape, device=tokens.device) < self.word_dropout) & (tokens != PAD_ID)
+            tokens = tokens.masked_fill(dropped, UNKNOWN_ID)  # (B, T)
         if tokens.shape[1] < self.min_length:
             tokens = nn.functional.pad(tokens, (0, self.min_length - tokens.shape[1]), value=PAD_ID)  # (B, T')
         embedded = self.embedding(tokens).transpose(1, 2)  # (B, E, T)

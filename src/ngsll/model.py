@@ -58,6 +58,7 @@ class ModelArgs:
     filter_widths: list[int] = field(default_factory=lambda: [3, 4, 5])  # text: convolution widths
     filter_maps: int = 100  # text: feature maps per width
     dropout: float = 0.5  # text: dropout on the pooled sentence features; table: on the embedded row
+    word_dropout: float = 0.0  # text: probability a word is read as the unknown word in training
     numeric_inputs: int = 0  # table: leading x columns that are numbers (standardised values, missing flags)
     category_sizes: list[int] = field(default_factory=list)  # table: codes per categorical column (0: missing)
 
