@@ -24,6 +24,7 @@ def load_benchmark(name: str):
 
 latency, accuracy = load_benchmark("latency"), load_benchmark("accuracy")
 architecture_search = load_benchmark("architecture_search")
+recipes = load_benchmark("recipes")
 
 
 def test_latency_benchmark_runs_every_row_on_tiny_inputs() -> None:
@@ -85,8 +86,34 @@ def test_architecture_search_scores_the_kept_epoch_and_picks_the_best_mean() -> 
     history = [{"val_loss": 0.5, "val_accuracy": 0.80}, {"val_loss": 0.4, "val_accuracy": 0.79},
                {"val_loss": 0.45, "val_accuracy": 0.90}]
     assert architecture_search.kept_epoch(history)["val_accuracy"] == 0.79  # early stopping kept epoch 2
+    assert architecture_search.kept_epoch(history, "val_accuracy")["val_accuracy"] == 0.90  # by accuracy: epoch 3
     points = [{"hidden_layers": 1, "hidden_units": 128, "mean": 0.80}, {"hidden_layers": 1, "hidden_units": 256,
                                                                          "mean": 0.85},
               {"hidden_layers": 2, "hidden_units": 128, "mean": 0.85}]
     assert architecture_search.choose(points, lower_is_better=False) is points[1]  # ties: the first, smaller one
     assert architecture_search.choose(points, lower_is_better=True) is points[0]  # an error: lower wins
+
+
+def test_recipe_overrides_set_dotted_keys_to_yaml_values_and_leave_params_alone() -> None:
+    from ngsll import ConfigError
+
+    params = {"datasets": {"trec": {"model": {"hidden_units": 256}, "train": {}}}}
+    changed = recipes.with_overrides(params, ["datasets.trec.train.dnn.monitor=val_accuracy",
+                                              "datasets.trec.model.word_dropout=0.25", "datasets.trec.train.ks=[5, 10]"])
+    assert changed["datasets"]["trec"] == {"model": {"hidden_units": 256, "word_dropout": 0.25},
+                                           "train": {"dnn": {"monitor": "val_accuracy"}, "ks": [5, 10]}}
+    assert params == {"datasets": {"trec": {"model": {"hidden_units": 256}, "train": {}}}}  # a copy was changed
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        recipes.with_overrides(params, ["datasets.trec.model.word_dropout"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        recipes.with_overrides(params, ["datasets.trec.model.hidden_units.wide=1"])
+
+
+def test_recipe_table_gives_mean_and_spread_per_recipe_and_model() -> None:
+    runs = {"params.yaml": [{"scores": {"DNN": [0.80, 0.84]}, "seconds": 60},
+                            {"scores": {"DNN": [0.82, 0.86]}, "seconds": 120}],
+            "monitor": [{"scores": {"DNN": [0.85, 0.88]}, "seconds": 90}]}
+    table = recipes.recipes_table(runs, {"params.yaml": [], "monitor": ["datasets.trec.train.dnn.monitor=val_accuracy"]})
+    assert "| params.yaml | DNN | 0.810 (±0.014) | 0.850 (±0.014) | 1.5 |" in table  # stdev of 0.80, 0.82
+    assert "| monitor | DNN | 0.850 (±0.000) | 0.880 (±0.000) | 1.5 |" in table
+    assert "- **monitor**: `datasets.trec.train.dnn.monitor=val_accuracy`" in table
