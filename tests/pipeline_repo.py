@@ -131,7 +131,8 @@ def tiny_params(source: str, data_path: Path, sentences: Path, shapes: Path | No
         "kind": "text", "description": "tiny reviews",
         "data": {"source": "file", "format": "csv", "path": str(sentences), "text_column": "review",
                  "label_column": "stars"},
-        "validate": {"rows": {"min": 10, "max": 1000}}, "model": {}, "train": {}, "serve": {},
+        "validate": {"rows": {"min": 10, "max": 1000}}, "model": {"word_dropout": 0.1},
+        "train": {"dnn": {"monitor": "val_accuracy"}}, "serve": {},
     }}
     params["run"] = ["mnist", "tiny"]
     if shapes is not None:

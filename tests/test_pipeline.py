@@ -128,6 +128,8 @@ def test_text_path_runs_from_the_same_repro(pipeline_repo: Path) -> None:
     assert page.count("NGSLL K=3") == 2 * 3  # 3 sentences per class, one line each per K
     checkpoint = torch.load(pipeline_repo / "models/tiny/fine/k1.pt", weights_only=True)
     assert checkpoint["model_args"]["input_kind"] == "text" and checkpoint["model_args"]["k"] == 1
+    dnn = torch.load(pipeline_repo / "models/tiny/dnn.pt", weights_only=True)  # the dataset's own model and train
+    assert dnn["phase"]["monitor"] == "val_accuracy" and dnn["model_args"]["word_dropout"] == 0.1
     serve = pipeline_repo / "models/tiny/serve"
     with zipfile.ZipFile(serve / "model-store/ngsll-tiny.mar") as archive:
         assert {"encoder.json", "features.json", "ngsll_handler.py", "k3.pt"} <= set(archive.namelist())
