@@ -141,6 +141,10 @@ def main() -> None:
 
     params = yaml.safe_load(args.params.read_text())
     overrides = {BASELINE: [], **{name: items for name, *items in args.recipe}}
+    try:
+        recipes = {recipe: with_overrides(params, items) for recipe, items in overrides.items()}
+    except ConfigError as error:
+        raise SystemExit(f"--recipe: {error}") from None
     data_dir = args.data_dir or REPO / "data" / "prepared" / args.dataset
     if not (data_dir / "features.json").exists():
         raise SystemExit(f"no prepared split in {data_dir}: run `dvc repro validate_prepared@{args.dataset}` first")
@@ -148,9 +152,8 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)  # two trainings of all cores each would fight for them
     started = time.perf_counter()
     with ProcessPoolExecutor(jobs, initializer=_one_thread_each, initargs=(threads,)) as pool:
-        futures = {(recipe, seed): pool.submit(train_and_score, args.dataset, with_overrides(params, items), seed,
-                                               args.models, data_dir)
-                   for recipe, items in overrides.items() for seed in args.seeds}
+        futures = {(recipe, seed): pool.submit(train_and_score, args.dataset, recipe_params, seed, args.models, data_dir)
+                   for recipe, recipe_params in recipes.items() for seed in args.seeds}
         runs: dict[str, list[dict[str, Any]]] = {recipe: [] for recipe in overrides}
         for (recipe, seed), future in futures.items():
             runs[recipe].append(future.result())
