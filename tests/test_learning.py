@@ -91,6 +91,20 @@ def test_improvement_is_judged_by_the_monitored_metric() -> None:
         PhaseConfig(monitor="accuracy")
 
 
+def test_an_accuracy_monitor_on_a_regression_model_is_refused_before_any_training() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_args(num_features=3, k=2, task="regression", num_classes=1))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    x, z, y = context_flip_problem(16, seed=0)
+    data = TensorData.from_arrays(x, z, y.astype(np.float32))
+    epochs: list[dict] = []
+    with pytest.raises(ConfigError, match="monitor 'val_accuracy' needs a classification task"):
+        train_phase(model, data, data, PhaseConfig(k=2, monitor="val_accuracy"), progress=False,
+                    on_epoch=epochs.append)
+    assert epochs == []  # refused before the first epoch, not after it
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
 def test_the_kept_epoch_is_the_best_one_of_the_monitored_metric() -> None:
     """Noisy labels: the validation loss and accuracy peak at different epochs, and each monitor keeps its own,
     with the weights of that epoch (the final evaluation equals that epoch's history row)."""

@@ -148,6 +148,11 @@ class PhaseResult:
     final_lr: float = 0.0
     device: str = "cpu"
 
+    def keep(self, epoch: int, val: dict[str, float]) -> None:
+        """Record ``epoch`` with its validation metrics ``val`` as the kept one."""
+        self.best_epoch, self.best_val_loss = epoch, val["loss"]
+        self.best_val_accuracy = val.get("accuracy", -math.inf)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -226,7 +231,8 @@ def kept_epoch(history: list[dict[str, float]], monitor: str = "val_loss") -> di
     for row in history:
         val = {"loss": row["val_loss"], **({"accuracy": row["val_accuracy"]} if "val_accuracy" in row else {})}
         if improves(val, best, monitor):
-            kept, best.best_val_loss, best.best_val_accuracy = row, val["loss"], val.get("accuracy", -math.inf)
+            kept = row
+            best.keep(int(row["epoch"]), val)
     return kept
 
 
@@ -266,6 +272,8 @@ def train_phase(
         A :class:`PhaseResult` with one history row per epoch (``epoch, train_loss, val_loss,
         val_accuracy`` or ``val_mse``, ``lr, seconds``), identical on every rank.
     """
+    if config.monitor == "val_accuracy" and model.args.task == "regression":
+        raise ConfigError("monitor 'val_accuracy' needs a classification task; use 'val_loss' for regression")
     context = context or DistributedContext()
     if isinstance(model, NGSLL):
         model.set_gate(config.k, config.tau)
@@ -311,8 +319,7 @@ def train_phase(
             tqdm.write(f"{description} epoch {epoch}: {shown}")
         improved = agree(improves(val, result, config.monitor), context, device)
         if improved:
-            result.best_val_loss, result.best_epoch = val["loss"], epoch
-            result.best_val_accuracy = val.get("accuracy", -math.inf)
+            result.keep(epoch, val)
             best_state = copy.deepcopy(model.state_dict())
             epochs_without_improvement = epochs_since_decay = 0
         else:
