@@ -140,7 +140,8 @@ def retrained_classifier_gains(dataset: DatasetSettings, settings: dict, ranking
     config = dataclasses.replace(phase, max_epochs=epochs, patience=min(phase.patience, epochs))
     return keep_and_retrain_classifier(
         rankings, blank, load_checkpoint(dnn_path)["model_args"], splits["train"], splits["validation"], test,
-        [float(f) for f in retrain["fractions"]], config, seed=seed, random_draws=int(retrain["random_draws"]))
+        [float(f) for f in retrain["fractions"]], config, seed=seed, random_draws=int(retrain["random_draws"]),
+        progress=True)
 
 
 def top_feature_pictures(normlime: NormLIME, names: list[str], classes: list[str], shown_k: str, out_dir: Path,

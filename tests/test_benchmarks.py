@@ -25,6 +25,7 @@ def load_benchmark(name: str):
 latency, accuracy = load_benchmark("latency"), load_benchmark("accuracy")
 architecture_search = load_benchmark("architecture_search")
 recipes = load_benchmark("recipes")
+kar_curve = load_benchmark("kar_curve")
 
 
 def test_latency_benchmark_runs_every_row_on_tiny_inputs() -> None:
@@ -117,3 +118,23 @@ def test_recipe_table_gives_mean_and_spread_per_recipe_and_model() -> None:
     assert "| params.yaml | DNN | 0.810 (±0.014) | 0.850 (±0.014) | 1.5 |" in table  # stdev of 0.80, 0.82
     assert "| monitor | DNN | 0.850 (±0.000) | 0.880 (±0.000) | 1.5 |" in table
     assert "- **monitor**: `datasets.trec.train.dnn.monitor=val_accuracy`" in table
+
+
+def test_kar_curve_retrains_on_the_explain_stages_rankings_at_k_with_its_bounds_lifted() -> None:
+    importance = {"by_k": {"5": {"normlime": [0.1, 0.9, 0.0], "sp_lime": [1, 2, 3], "mean_abs": [0.5, 0.2, 0.1]},
+                           "10": {"normlime": [9, 9, 9], "sp_lime": [9, 9, 9], "mean_abs": [9, 9, 9]}},
+                  "dnn_mean_gradient": [-0.7, 0.2, -0.1]}
+    rankings = kar_curve.rankings_from_importance(importance, 5)
+    assert list(rankings) == ["NormLIME", "SP-LIME", "mean abs weight", "abs mean gradient (DNN)"]  # the stage's rows
+    assert rankings["NormLIME"].tolist() == [0.1, 0.9, 0.0] and rankings["SP-LIME"].tolist() == [1.0, 2.0, 3.0]
+    assert rankings["abs mean gradient (DNN)"].tolist() == [0.7, 0.2, 0.1]  # a large negative gradient matters most
+    with_lime = kar_curve.rankings_from_importance({**importance, "lime_normlime_dnn": [3, 2, 1]}, 10)
+    assert with_lime["NormLIME"].tolist() == [9, 9, 9] and with_lime["NormLIME over LIME (DNN)"].tolist() == [3, 2, 1]
+    with pytest.raises(SystemExit, match=r"no K=1; it holds K in \['5', '10'\]"):
+        kar_curve.rankings_from_importance(importance, 1)
+    explain = {"split": "test", "retrain_classifier": {"enabled": False, "fractions": [0.9], "samples": 2000,
+                                                       "max_epochs": 2, "random_draws": 5}}
+    settings = kar_curve.unbounded_settings(explain, [0.1, 0.5], samples=5452, max_epochs=20, random_draws=3)
+    assert settings["retrain_classifier"] == {"enabled": True, "fractions": [0.1, 0.5], "samples": 5452,
+                                              "max_epochs": 20, "random_draws": 3}
+    assert settings["split"] == "test" and explain["retrain_classifier"]["samples"] == 2000  # params left alone

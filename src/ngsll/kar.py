@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ngsll.errors import InputError
 from ngsll.model import ModelArgs, build_model
@@ -70,7 +71,7 @@ def retrained_error(model_args: ModelArgs | dict, train: TensorData, validation:
 def keep_and_retrain_classifier(
     rankings: dict[str, np.ndarray], blank: Blank, model_args: ModelArgs | dict, train: TensorData,
     validation: TensorData, test: TensorData, fractions: Sequence[float], config: PhaseConfig, seed: int = 0,
-    random_draws: int = 5,
+    random_draws: int = 5, progress: bool = False,
 ) -> dict[str, dict[float, float]]:
     """Test-error gain of the retrained classifier per ranking and removed fraction (see the module docstring).
 
@@ -83,6 +84,8 @@ def keep_and_retrain_classifier(
         config: the training budget of every retraining (epochs, batch size, learning rate).
         seed: seeds every retraining alike and the random rankings.
         random_draws: seeded random permutations averaged into the row ``random (mean of N)``; 0 for none.
+        progress: a progress bar over the curve's points (a retraining each, unless an earlier point removed
+            the same features).
 
     Returns:
         ``{ranking: {p: error(p) - error(nothing removed)}}``, the random mean last.
@@ -104,17 +107,24 @@ def keep_and_retrain_classifier(
             errors[key] = retrained_error(args, *blanked, config, seed)
         return errors[key]
 
-    baseline = error_without(np.zeros(num_features, dtype=bool))
     rng = np.random.default_rng(seed)
     draws = {f"random {i}": rng.permutation(num_features).astype(float) for i in range(random_draws)}
+    every_ranking = {**rankings, **draws}
+    bar = tqdm(total=1 + len(every_ranking) * len(fractions), desc="Keep-And-Retrain", unit="point",
+               disable=not progress)
+    baseline = error_without(np.zeros(num_features, dtype=bool))
+    bar.update()
     gains: dict[str, dict[float, float]] = {}
-    for name, importance in {**rankings, **draws}.items():
+    for name, importance in every_ranking.items():
         order = np.argsort(np.asarray(importance), kind="stable")  # least important first
         gains[name] = {}
+        bar.set_postfix(ranking=name, refresh=False)
         for fraction in fractions:
             removed = np.zeros(num_features, dtype=bool)
             removed[order[: int(round(fraction * num_features))]] = True
             gains[name][fraction] = error_without(removed) - baseline
+            bar.update()
+    bar.close()
     if draws:
         random_gains = [gains.pop(name) for name in draws]
         gains[f"random (mean of {random_draws})"] = {
