@@ -84,10 +84,11 @@ def test_experiment_records_are_found_at_any_depth_of_dvc_exp_show() -> None:
 
 
 def test_architecture_search_scores_the_kept_epoch_and_picks_the_best_mean() -> None:
-    history = [{"val_loss": 0.5, "val_accuracy": 0.80}, {"val_loss": 0.4, "val_accuracy": 0.79},
-               {"val_loss": 0.45, "val_accuracy": 0.90}]
-    assert architecture_search.kept_epoch(history)["val_accuracy"] == 0.79  # early stopping kept epoch 2
-    assert architecture_search.kept_epoch(history, "val_accuracy")["val_accuracy"] == 0.90  # by accuracy: epoch 3
+    history = [{"epoch": 1, "val_loss": 0.5, "val_accuracy": 0.80},  # train_phase's rows, as the search reads them
+               {"epoch": 2, "val_loss": 0.4, "val_accuracy": 0.79},
+               {"epoch": 3, "val_loss": 0.45, "val_accuracy": 0.90}]
+    assert architecture_search.kept_epoch(history)["epoch"] == 2  # early stopping kept the lowest loss
+    assert architecture_search.kept_epoch(history, "val_accuracy")["epoch"] == 3  # by accuracy
     points = [{"hidden_layers": 1, "hidden_units": 128, "mean": 0.80}, {"hidden_layers": 1, "hidden_units": 256,
                                                                          "mean": 0.85},
               {"hidden_layers": 2, "hidden_units": 128, "mean": 0.85}]
