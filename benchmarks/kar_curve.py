@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "pipeline"))
 
-from explain import gains_table, retrained_classifier_gains  # noqa: E402
+from explain import gains_table, rankings_at_k, retrained_classifier_gains  # noqa: E402
 from ngsll.config import dataset_settings, reference_phase, section  # noqa: E402
 from ngsll.plots import faithfulness_figure  # noqa: E402
 from ngsll.train import TensorData, device_description, pick_device  # noqa: E402
@@ -46,15 +46,9 @@ FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 def rankings_from_importance(importance: dict[str, Any], k: int) -> dict[str, np.ndarray]:
     """The rankings the explain stage retrains on, read back from its ``importance.json`` at ``k``: name ->
     (d,) importance (higher is more important), named and ordered as in the stage's tables."""
-    by_k = importance["by_k"]
-    if str(k) not in by_k:
-        raise SystemExit(f"importance.json has no K={k}; it holds K in {sorted(by_k, key=int)}")
-    at_k = by_k[str(k)]
-    rankings = {"NormLIME": at_k["normlime"], "SP-LIME": at_k["sp_lime"], "mean abs weight": at_k["mean_abs"],
-                "abs mean gradient (DNN)": np.abs(np.asarray(importance["dnn_mean_gradient"]))}
-    if "lime_normlime_dnn" in importance:
-        rankings["NormLIME over LIME (DNN)"] = importance["lime_normlime_dnn"]
-    return {name: np.asarray(values, dtype=float) for name, values in rankings.items()}
+    if str(k) not in importance["by_k"]:
+        raise SystemExit(f"importance.json has no K={k}; it holds K in {sorted(importance['by_k'], key=int)}")
+    return rankings_at_k(importance, k)
 
 
 def unbounded_settings(explain: dict[str, Any], fractions: list[float], samples: int, max_epochs: int,
@@ -86,7 +80,7 @@ def main() -> None:
         raise SystemExit(f"no explain output for {args.dataset}: run `dvc repro explain@{args.dataset}` first")
     k = args.k if args.k is not None else int(dataset.serve["k"])
     rankings = rankings_from_importance(read_json(explain_dir / "importance.json"), k)
-    samples = args.samples or len(load_split(data_dir / "train.npz").y)
+    samples = args.samples or int(read_json(REPO / "metrics" / args.dataset / "data.json")["samples"]["train"])
     max_epochs = args.max_epochs or reference_phase(dataset.train, k).max_epochs
     settings = unbounded_settings(section(params, "explain"), args.fractions, samples, max_epochs, args.random_draws)
 

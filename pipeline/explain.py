@@ -117,6 +117,18 @@ def image_pictures(split, normlimes: dict[str, NormLIME], global_maps: dict[str,
                 out_dir / "global_maps.png")
 
 
+def rankings_at_k(importance: dict, k: int | str) -> dict[str, np.ndarray]:
+    """The rankings of features the stage compares at one K, read from its ``importance`` dict (as written to
+    ``importance.json``): name -> (d,) importance, higher is more important, named and ordered as in its
+    tables. The random ranking is not among them (it is drawn, not stored)."""
+    at_k = importance["by_k"][str(k)]
+    rankings = {"NormLIME": at_k["normlime"], "SP-LIME": at_k["sp_lime"], "mean abs weight": at_k["mean_abs"],
+                "abs mean gradient (DNN)": np.abs(np.asarray(importance["dnn_mean_gradient"]))}
+    if "lime_normlime_dnn" in importance:
+        rankings["NormLIME over LIME (DNN)"] = importance["lime_normlime_dnn"]
+    return {name: np.asarray(values, dtype=float) for name, values in rankings.items()}
+
+
 def retrained_classifier_gains(dataset: DatasetSettings, settings: dict, rankings: dict[str, np.ndarray],
                                features: dict, data_dir: Path, dnn_path: Path, test: TensorData, seed: int,
                                device) -> dict[str, dict[float, float]] | None:
@@ -199,6 +211,8 @@ def main() -> None:
     importance: dict[str, dict] = {"kind": dataset.kind, "feature_names": names, "class_names": classes,
                                    "split": settings["split"], "dnn_mean_gradient": gradient.mean_gradient.tolist(),
                                    "dnn_class_gradient": gradient.class_gradient.tolist(), "by_k": {}}
+    if extra_rankings:
+        importance["lime_normlime_dnn"] = extra_rankings["NormLIME over LIME (DNN)"].tolist()
     gains: dict[str, dict[str, dict[float, float]]] = {}
     normlimes: dict[str, NormLIME] = {}
     global_maps: dict[str, dict[str, np.ndarray]] = {}
@@ -216,9 +230,7 @@ def main() -> None:
             "sp_lime": normlime.sp_lime_.tolist(),
             "mean_abs": normlime.mean_abs_.tolist(),
         }
-        rankings = {"NormLIME": normlime.global_importance_, "SP-LIME": normlime.sp_lime_,
-                    "mean abs weight": normlime.mean_abs_, "abs mean gradient (DNN)": np.abs(gradient.mean_gradient),
-                    **extra_rankings, "random": random_ranking}
+        rankings = {**rankings_at_k(importance, k), "random": random_ranking}
         gains[f"K={k}"] = keep_and_retrain(rankings, train.z[subset], train.y[subset], split.z, split.y,
                                            fractions=fractions, task=task)
         global_maps[f"K={k}"] = {name: ranking for name, ranking in rankings.items() if name != "random"}
@@ -229,8 +241,6 @@ def main() -> None:
                                            data, int(params["seed"]), device)  # global_maps: no random ranking
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    if extra_rankings:
-        importance["lime_normlime_dnn"] = extra_rankings["NormLIME over LIME (DNN)"].tolist()
     if dataset.kind == "image":
         image_pictures(split, normlimes, global_maps[shown_k], shown_k, features, args.out_dir)
     elif dataset.kind == "table":

@@ -209,12 +209,15 @@ def evaluate(
     return metrics
 
 
+ACCURACY_NEEDS_CLASSES = "monitor 'val_accuracy' needs a classification task; use 'val_loss' for regression"
+
+
 def improves(val: dict[str, float], best: PhaseResult, monitor: str) -> bool:
     """Whether an epoch's validation metrics ``val`` beat the kept epoch's under ``monitor`` (see PhaseConfig)."""
     if monitor == "val_loss":
         return val["loss"] < best.best_val_loss
     if "accuracy" not in val:
-        raise ConfigError("monitor 'val_accuracy' needs a classification task; use 'val_loss' for regression")
+        raise ConfigError(ACCURACY_NEEDS_CLASSES)
     if val["accuracy"] != best.best_val_accuracy:
         return val["accuracy"] > best.best_val_accuracy
     return val["loss"] < best.best_val_loss
@@ -273,7 +276,7 @@ def train_phase(
         val_accuracy`` or ``val_mse``, ``lr, seconds``), identical on every rank.
     """
     if config.monitor == "val_accuracy" and model.args.task == "regression":
-        raise ConfigError("monitor 'val_accuracy' needs a classification task; use 'val_loss' for regression")
+        raise ConfigError(ACCURACY_NEEDS_CLASSES)
     context = context or DistributedContext()
     if isinstance(model, NGSLL):
         model.set_gate(config.k, config.tau)
