@@ -111,7 +111,7 @@ def test_nan_pixels_raise_input_error(tiny_model, tiny_batch) -> None:
     ("overrides", "message"),
     [(dict(k=0), "K must be >= 1"), (dict(k=7), "K must be <="), (dict(task="ranking"), "task must be"),
      (dict(kind="tree"), "model kind"), (dict(task="multiclass", num_classes=2), "num_classes >= 3"),
-     (dict(tau=0.0), "tau")],
+     (dict(tau=0.0), "tau"), (dict(output_rank=-1), "output_rank")],
 )
 def test_bad_model_arguments_raise_config_error(overrides, message) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -177,3 +177,55 @@ def test_the_papers_ablation_picks_among_all_features_and_the_masked_one_never_a
     torch.testing.assert_close(with_mask, masked(x, z).logits.detach())
     torch.testing.assert_close(with_mask[:, 0], masked(x, z).dense_weights[:, 5, 0].detach())  # z_5 w_5, always
     assert (paper[:, 0] == 0).any()  # the paper's gate may pass the only feature with signal over
+
+
+def test_a_low_rank_output_layer_is_a_times_b_h_plus_bias_per_feature_and_class() -> None:
+    """w[b, j, c] = A[j] . (B h_b)[:, c] + bias[j, c], computed here one feature and class at a time."""
+    from ngsll.generators import LowRankOutput
+
+    torch.manual_seed(6)
+    layer = LowRankOutput(in_features=5, rows=4, columns=3, rank=2)
+    hidden = torch.randn(7, 5)
+    weights = layer(hidden).view(7, 4, 3)
+    projected = (hidden @ layer.project.weight.T).view(7, 2, 3)  # (B, r, C)
+    for j in range(4):
+        for c in range(3):
+            expected = projected[:, :, c] @ layer.row_vectors[j] + layer.bias[j, c]  # (B,)
+            torch.testing.assert_close(weights[:, j, c], expected)
+    assert sum(p.numel() for p in layer.parameters()) == 4 * 2 + 2 * 3 * 5 + 4 * 3  # A, B, bias
+
+
+def test_a_low_rank_output_layer_starts_every_feature_at_one_shared_prediction() -> None:
+    """Untrained, A[j] = (1 + e) / sqrt(r) with |e| <= 0.1: each feature's input-dependent weights lie within a
+    tenth of the shared sum_r (B h)[r, c] / sqrt(r)."""
+    from ngsll.generators import LowRankOutput
+
+    torch.manual_seed(7)
+    layer = LowRankOutput(in_features=16, rows=50, columns=3, rank=8)
+    hidden = torch.randn(9, 16)
+    dependent = layer(hidden).view(9, 50, 3) - layer.bias  # (B, rows, C) the part that depends on h
+    projected = (hidden @ layer.project.weight.T).view(9, 8, 3) / 8 ** 0.5  # (B, r, C)
+    shared = projected.sum(dim=1, keepdim=True)  # (B, 1, C)
+    bound = 0.1 * projected.abs().sum(dim=1, keepdim=True) + 1e-6  # (B, 1, C)
+    assert ((dependent - shared).abs() <= bound).all()
+    assert (dependent - shared).abs().amax() > 0  # near, not equal: the features can still tell apart
+
+
+@pytest.mark.parametrize("input_kind", ["image", "text", "table"])
+def test_output_rank_factorises_ngslls_weights_and_leaves_the_dnn_full(input_kind, tiny_batch) -> None:
+    from ngsll.generators import LowRankOutput
+
+    kinds = dict(image={}, text=dict(input_kind="text", vocab_size=20, embedding_dim=4, filter_maps=2),
+                 table=dict(input_kind="table", numeric_inputs=2, category_sizes=[3, 4], embedding_dim=2))
+    args = tiny_args(task="multiclass", num_classes=3, output_rank=2, **kinds[input_kind])
+    model, dnn = build_model(args), build_model(ModelArgs.from_dict({**args.to_dict(), "kind": "dnn"}))
+    last = model.generator.head[-1]
+    assert isinstance(last, LowRankOutput) and (last.rows, last.columns, last.rank) == (6, 3, 2)
+    assert isinstance(dnn.generator.head[-1], torch.nn.Linear) and dnn.generator.head[-1].out_features == 3
+    x = dict(image=tiny_batch[0], text=torch.randint(0, 20, (5, 7)),
+             table=torch.tensor([[0.5, -1.0, 1.0, 2.0]] * 5))[input_kind]
+    output = model.eval()(x, tiny_batch[1])
+    assert output.dense_weights.shape == (5, 6, 3)
+    rebuilt = build_model(args.to_dict())  # a checkpoint's plain dict builds the same layout
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(x, tiny_batch[1]).logits, output.logits)

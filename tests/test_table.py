@@ -161,15 +161,16 @@ def test_service_answers_records_and_refuses_bad_ones_without_losing_the_good(ta
     assert list(tensors["feature_name"][0][: len(single["weights"])]) == [w["feature"] for w in single["weights"]]
 
 
-@pytest.mark.parametrize("task, classes, mask, k", [("binary", 2, True, 4), ("multiclass", 3, True, 3),
-                                                    ("regression", 1, True, 7), ("binary", 2, False, 5)])
-def test_the_numpy_forward_pass_is_the_torch_models(table_csv, task, classes, mask, k):
+@pytest.mark.parametrize("task, classes, mask, k, rank", [
+    ("binary", 2, True, 4, 0), ("multiclass", 3, True, 3, 0), ("regression", 1, True, 7, 0), ("binary", 2, False, 5, 0),
+    ("multiclass", 3, True, 3, 2)])
+def test_the_numpy_forward_pass_is_the_torch_models(table_csv, task, classes, mask, k, rank):
     raw, encoder = fitted(table_csv, categorical=["job"])
     x, z = encoder.encode(raw.frame)
     torch.manual_seed(1)
     args = ModelArgs(input_kind="table", numeric_inputs=encoder.numeric_inputs, category_sizes=encoder.category_sizes,
                      embedding_dim=4, dropout=0.3, hidden_layers=2, hidden_units=16, mask_zero_features=mask,
-                     num_features=len(encoder.feature_names), k=k, task=task, num_classes=classes)
+                     num_features=len(encoder.feature_names), k=k, task=task, num_classes=classes, output_rank=rank)
     model = build_model(args).eval()
     with torch.inference_mode():
         expected = model(torch.from_numpy(x), torch.from_numpy(z))

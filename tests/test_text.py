@@ -186,9 +186,10 @@ def test_text_model_args_come_from_params_and_prepared_features() -> None:
     assert settings.tracking == {"experiment": "tiny", "registered_model": "ngsll-tiny"}
     args = model_args(settings, features, kind="dnn")
     assert (args.task, args.num_classes, args.num_features, args.vocab_size, args.kind) == ("multiclass", 3, 3, 7, "dnn")
-    assert (args.embedding_dim, args.hidden_units, args.word_dropout) == (4, 6, 0.0)  # absent: off
-    params["datasets"]["tiny"]["model"]["word_dropout"] = 0.25
-    assert model_args(dataset_settings(params, "tiny"), features).word_dropout == 0.25
+    assert (args.embedding_dim, args.hidden_units, args.word_dropout, args.output_rank) == (4, 6, 0.0, 0)  # absent: off
+    params["datasets"]["tiny"]["model"].update(word_dropout=0.25, output_rank=2)
+    chosen = model_args(dataset_settings(params, "tiny"), features)
+    assert (chosen.word_dropout, chosen.output_rank) == (0.25, 2)
     regression = model_args(settings, {**features, "task": "regression", "class_names": []})
     assert (regression.task, regression.num_classes) == ("regression", 1)
     with pytest.raises(ConfigError, match="unknown dataset"):

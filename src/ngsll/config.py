@@ -132,6 +132,7 @@ def model_args(
         kind=kind, hidden_layers=int(model["hidden_layers"]), hidden_units=int(model["hidden_units"]),
         k=int(k if k is not None else coarse["k"]), tau=float(coarse["tau"]), use_gate=use_gate,
         mask_zero_features=bool(model.get("mask_zero_features", True)),
+        output_rank=int(model.get("output_rank", 0)),
         task=task, num_classes=num_classes,
         num_features=len(features["feature_names"]),
     )

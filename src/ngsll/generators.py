@@ -16,6 +16,7 @@ network a model's arguments describe.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,15 +27,74 @@ from ngsll.errors import ConfigError
 from ngsll.text import PAD_ID, UNKNOWN_ID  # token ids of padding and of the unknown word in text inputs
 
 
-def mlp_head(in_features: int, hidden_layers: int, hidden_units: int, out_features: int) -> nn.Sequential:
-    """L fully connected ReLU layers of U units followed by a linear layer to ``out_features``."""
+class LowRankOutput(nn.Module):
+    """A linear output layer to a (rows x columns) matrix whose weight is factorised through ``rank``.
+
+    ``w[b, j, c] = sum_r A[j, r] * (B h_b)[r, c] + bias[j, c]``: each row j (a feature of z) has an
+    r-vector ``A[j]`` instead of its own ``columns x in_features`` slice of a full layer's weight, so features
+    seen in few training samples share what the others teach ``B``. It is still linear in ``h``, with a
+    weight of rank at most ``rank * columns``; ``bias`` stays full (one weight per feature and column that
+    does not depend on the input).
+
+    Every ``A[j]`` starts at one common vector (``1/sqrt(rank)`` in each entry) plus a tenth of that in
+    uniform noise: at the start the input-dependent part of every feature's weights is nearly the same, one
+    prediction from the whole input, and each feature's ``A[j]`` moves away from it only as far as its
+    training samples ask. A word seen in three training sentences thus keeps a sentence-level weight instead
+    of a random one. ``bias`` starts as ``nn.Linear``'s does.
+
+    Args:
+        in_features: size of h.
+        rows: d, the features of z.
+        columns: C, the outputs per feature.
+        rank: r, the size of each feature's vector.
+
+    ``forward``: (B, in_features) -> (B, rows * columns), laid out as ``(B, rows, columns).flatten(1)``.
+    """
+
+    def __init__(self, in_features: int, rows: int, columns: int, rank: int) -> None:
+        super().__init__()
+        if rank < 1 or rows < 1 or columns < 1:
+            raise ConfigError(f"output_rank, rows and columns must be >= 1, got {rank}, {rows}, {columns}")
+        self.rows, self.columns, self.rank = rows, columns, rank
+        self.project = nn.Linear(in_features, rank * columns, bias=False)  # B
+        common = 1 / math.sqrt(rank)
+        noise = torch.empty(rows, rank).uniform_(-0.1 * common, 0.1 * common)  # (rows, rank)
+        self.row_vectors = nn.Parameter(common + noise)  # A: (rows, rank)
+        bound = 1 / math.sqrt(in_features)  # as nn.Linear initialises its bias
+        self.bias = nn.Parameter(torch.empty(rows, columns).uniform_(-bound, bound))  # (rows, columns)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        projected = self.project(hidden).view(-1, self.rank, self.columns)  # (B, r, C)
+        weights = torch.einsum("jr,brc->bjc", self.row_vectors, projected) + self.bias  # (B, rows, C)
+        return weights.flatten(1)  # (B, rows * C)
+
+
+def mlp_head(in_features: int, hidden_layers: int, hidden_units: int, out_features: int,
+             output_rank: int = 0, output_rows: int = 1) -> nn.Sequential:
+    """L fully connected ReLU layers of U units followed by a linear layer to ``out_features``.
+
+    ``output_rank`` > 0 makes that last layer a :class:`LowRankOutput` to ``output_rows`` x
+    (``out_features`` / ``output_rows``) of that rank; 0 (default) a full ``nn.Linear``.
+    """
     layers: list[nn.Module] = []
     width = in_features
     for _ in range(hidden_layers):
         layers += [nn.Linear(width, hidden_units), nn.ReLU()]
         width = hidden_units
-    layers.append(nn.Linear(width, out_features))
+    if output_rank > 0:
+        layers.append(LowRankOutput(width, output_rows, out_features // output_rows, output_rank))
+    else:
+        layers.append(nn.Linear(width, out_features))
     return nn.Sequential(*layers)
+
+
+def output_factoring(args: Any, out_features: int) -> dict[str, int]:
+    """``mlp_head``'s ``output_rank`` / ``output_rows`` for a model: NGSLL's d x C weights take the model's
+    ``output_rank``; the DNN's C logits (or any other size) always get a full linear layer."""
+    rank = int(getattr(args, "output_rank", 0))
+    if rank > 0 and out_features == args.num_features * args.num_outputs and args.kind == "ngsll":
+        return {"output_rank": rank, "output_rows": args.num_features}
+    return {}
 
 
 MAX_POOLED_SIDE = 4  # the conv features reach the MLP head as at most 4 x 4 maps, whatever the image size
@@ -66,6 +126,8 @@ class ImageWeightGenerator(nn.Module):
         hidden_units: int,
         out_features: int,
         image_width: int | None = None,
+        output_rank: int = 0,
+        output_rows: int = 1,
     ) -> None:
         super().__init__()
         if len(conv_channels) != 3:
@@ -82,7 +144,8 @@ class ImageWeightGenerator(nn.Module):
             height, width = min(height, MAX_POOLED_SIDE), min(width, MAX_POOLED_SIDE)
             blocks.append(nn.AdaptiveMaxPool2d((height, width)))
         self.features = nn.Sequential(*blocks, nn.Flatten())
-        self.head = mlp_head(channels * height * width, hidden_layers, hidden_units, out_features)
+        self.head = mlp_head(channels * height * width, hidden_layers, hidden_units, out_features, output_rank,
+                             output_rows)
 
     @classmethod
     def for_model(cls, args: Any, out_features: int) -> ImageWeightGenerator:
@@ -95,6 +158,7 @@ class ImageWeightGenerator(nn.Module):
             hidden_layers=args.hidden_layers,
             hidden_units=args.hidden_units,
             out_features=out_features,
+            **output_factoring(args, out_features),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,6 +192,8 @@ class SentenceCNNGenerator(nn.Module):
         hidden_units: int,
         out_features: int,
         word_dropout: float = 0.0,
+        output_rank: int = 0,
+        output_rows: int = 1,
     ) -> None:
         super().__init__()
         if not filter_widths or min(filter_widths) < 1 or filter_maps < 1 or embedding_dim < 1:
@@ -142,7 +208,8 @@ class SentenceCNNGenerator(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
         self.convolutions = nn.ModuleList(nn.Conv1d(embedding_dim, filter_maps, width) for width in filter_widths)
         self.dropout = nn.Dropout(dropout)
-        self.head = mlp_head(filter_maps * len(filter_widths), hidden_layers, hidden_units, out_features)
+        self.head = mlp_head(filter_maps * len(filter_widths), hidden_layers, hidden_units, out_features,
+                             output_rank, output_rows)
 
     @classmethod
     def for_model(cls, args: Any, out_features: int) -> SentenceCNNGenerator:
@@ -157,6 +224,7 @@ class SentenceCNNGenerator(nn.Module):
             hidden_units=args.hidden_units,
             out_features=out_features,
             word_dropout=args.word_dropout,
+            **output_factoring(args, out_features),
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -183,7 +251,8 @@ class TableWeightGenerator(nn.Module):
     """
 
     def __init__(self, numeric_inputs: int, category_sizes: Sequence[int], embedding_dim: int, dropout: float,
-                 hidden_layers: int, hidden_units: int, out_features: int) -> None:
+                 hidden_layers: int, hidden_units: int, out_features: int, output_rank: int = 0,
+                 output_rows: int = 1) -> None:
         super().__init__()
         if embedding_dim < 1 or not 0 <= dropout < 1:
             raise ConfigError(f"embedding_dim must be >= 1 and dropout in [0, 1), got {embedding_dim}, {dropout}")
@@ -193,13 +262,13 @@ class TableWeightGenerator(nn.Module):
         self.embedding = nn.Embedding(max(1, sum(category_sizes)), embedding_dim)
         self.dropout = nn.Dropout(dropout)
         self.head = mlp_head(numeric_inputs + embedding_dim * len(category_sizes), hidden_layers, hidden_units,
-                             out_features)
+                             out_features, output_rank, output_rows)
 
     @classmethod
     def for_model(cls, args: Any, out_features: int) -> TableWeightGenerator:
         """The generator described by a table model's :class:`ngsll.model.ModelArgs`."""
         return cls(args.numeric_inputs, args.category_sizes, args.embedding_dim, args.dropout, args.hidden_layers,
-                   args.hidden_units, out_features)
+                   args.hidden_units, out_features, **output_factoring(args, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         numbers = x[:, : self.numeric_inputs]  # (B, numeric_inputs)

@@ -48,6 +48,7 @@ class ModelArgs:
     conv_channels: list[int] = field(default_factory=lambda: [32, 32, 64])  # three conv blocks
     hidden_layers: int = 1  # L fully connected layers of U units before the output layer
     hidden_units: int = 256  # U
+    output_rank: int = 0  # NGSLL: 0 = the paper's full linear output layer; r > 0 = factorised through r per feature
     k: int = 10  # features kept by the gate
     tau: float = 1.0  # Gumbel-softmax temperature in training
     use_gate: bool = True  # False: the "NGSLL without K-HGM" ablation (dense in training)
@@ -73,6 +74,8 @@ class ModelArgs:
             raise ConfigError(f"binary needs num_classes == 2, got {self.num_classes}")
         if self.num_features < 1:
             raise ConfigError(f"num_features must be >= 1, got {self.num_features}")
+        if self.output_rank < 0:
+            raise ConfigError(f"output_rank must be 0 (a full output layer) or a rank >= 1, got {self.output_rank}")
         if self.hidden_layers not in (0, 1, 2, 3):
             raise ConfigError(f"hidden_layers (L) must be in 0..3, got {self.hidden_layers}")
         if self.input_kind not in INPUT_KINDS:

@@ -18,6 +18,7 @@ from torch import nn
 
 from ngsll.errors import ConfigError, InputError
 from ngsll.explain import SparseExplanation
+from ngsll.generators import LowRankOutput
 from ngsll.model import NGSLL, NGSLLOutput
 
 
@@ -34,16 +35,24 @@ class NumpyTableModel:
         if args.input_kind != "table" or not isinstance(model, NGSLL):
             raise ConfigError(f"NumpyTableModel runs table NGSLL models; this one reads {args.input_kind}")
         generator = model.generator
-        linears = [layer for layer in generator.head if isinstance(layer, nn.Linear)]
-        if len(linears) != len(generator.head) // 2 + 1:  # the head is (Linear, ReLU) x L, then Linear
-            raise ConfigError(f"unexpected table head {generator.head}; expected (Linear, ReLU) x L and a Linear")
+        *hidden, output = generator.head
+        linears = [layer for layer in hidden if isinstance(layer, nn.Linear)]
+        if len(linears) != len(hidden) // 2 or not isinstance(output, (nn.Linear, LowRankOutput)):
+            raise ConfigError(f"unexpected table head {generator.head}; expected (Linear, ReLU) x L and a Linear "
+                              "or LowRankOutput")
         as_numpy = lambda tensor: tensor.detach().cpu().numpy().astype(np.float32)  # noqa: E731
         self.args = args
         self.embedding = as_numpy(generator.embedding.weight)  # (sum of category sizes, E)
         self.offsets = generator.offsets.cpu().numpy()  # (categorical,) first row of each column's codes
         self.sizes = np.asarray(args.category_sizes, dtype=np.float32)  # (categorical,)
-        # each layer as (in, out) weights and (out,) bias
+        # each hidden layer as (in, out) weights and (out,) bias
         self.layers = [(as_numpy(layer.weight).T.copy(), as_numpy(layer.bias)) for layer in linears]
+        self.low_rank = isinstance(output, LowRankOutput)
+        if self.low_rank:  # (U, r * C) projection B, (d, r) vectors A, (d, C) bias
+            self.output: tuple[np.ndarray, ...] = (as_numpy(output.project.weight).T.copy(), as_numpy(output.row_vectors),
+                           as_numpy(output.bias))
+        else:  # (U, d * C) weights, (d * C,) bias
+            self.output = (as_numpy(output.weight).T.copy(), as_numpy(output.bias))
 
     def check(self, x: np.ndarray, z: np.ndarray) -> None:
         """Raise :class:`InputError` unless x is (B, numbers + categorical) finite floats whose codes are integers in
@@ -74,10 +83,9 @@ class NumpyTableModel:
         batch, numeric = x.shape[0], args.numeric_inputs
         codes = x[:, numeric:].astype(np.int64) + self.offsets  # (B, categorical) rows of the shared table
         hidden = np.concatenate([x[:, :numeric], self.embedding[codes].reshape(batch, -1)], axis=1)  # (B, in)
-        for weight, bias in self.layers[:-1]:
+        for weight, bias in self.layers:
             hidden = np.maximum(hidden @ weight + bias, 0.0)  # (B, U) Linear + ReLU
-        weight, bias = self.layers[-1]
-        dense = (hidden @ weight + bias).reshape(batch, args.num_features, args.num_outputs)  # (B, d, C)
+        dense = self.output_weights(hidden)  # (B, d, C)
         scores = np.square(dense).sum(axis=-1)  # (B, d) the gate's ranking, as KHotGate
         blocked = z == 0 if args.mask_zero_features else np.zeros_like(z, dtype=bool)  # (B, d)
         scores[blocked] = -np.inf
@@ -90,6 +98,16 @@ class NumpyTableModel:
         logits = (z[:, :, None] * weights).sum(axis=1)  # (B, C) z^T w' (einsum costs more for small shapes)
         return NGSLLOutput(logits=torch.from_numpy(logits), weights=torch.from_numpy(weights),
                            gate=torch.from_numpy(gate), dense_weights=torch.from_numpy(dense))
+
+    def output_weights(self, hidden: np.ndarray) -> np.ndarray:
+        """The output layer: (B, U) hidden units -> (B, d, C) dense weights."""
+        batch, shape = hidden.shape[0], (hidden.shape[0], self.args.num_features, self.args.num_outputs)
+        if self.low_rank:  # LowRankOutput: w[b, j, c] = A[j] . (B h_b)[:, c] + bias[j, c]
+            project, row_vectors, bias = self.output
+            projected = (hidden @ project).reshape(batch, row_vectors.shape[1], shape[2])  # (B, r, C)
+            return np.einsum("jr,brc->bjc", row_vectors, projected) + bias  # (B, d, C)
+        weight, bias = self.output
+        return (hidden @ weight + bias).reshape(shape)  # (B, d, C)
 
     def explain(self, x: np.ndarray, z: np.ndarray) -> tuple[NGSLLOutput, SparseExplanation]:
         """The forward output and :func:`ngsll.explain.sparse_explanation` of it, both in numpy: per row the
