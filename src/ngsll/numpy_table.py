@@ -48,9 +48,10 @@ class NumpyTableModel:
         # each hidden layer as (in, out) weights and (out,) bias
         self.layers = [(as_numpy(layer.weight).T.copy(), as_numpy(layer.bias)) for layer in linears]
         self.low_rank = isinstance(output, LowRankOutput)
+        self.output: tuple[np.ndarray, ...]
         if self.low_rank:  # (U, r * C) projection B, (d, r) vectors A, (d, C) bias
-            self.output: tuple[np.ndarray, ...] = (as_numpy(output.project.weight).T.copy(), as_numpy(output.row_vectors),
-                           as_numpy(output.bias))
+            project = as_numpy(output.project.weight).T.copy()  # (U, r * C)
+            self.output = (project, as_numpy(output.row_vectors), as_numpy(output.bias))
         else:  # (U, d * C) weights, (d * C,) bias
             self.output = (as_numpy(output.weight).T.copy(), as_numpy(output.bias))
 
