@@ -230,3 +230,47 @@ def test_mlflow_loading_the_evaluator_imports_neither_torch_nor_the_core() -> No
              "print('ngsll' in r._registry, 'torch' in sys.modules, 'ngsll' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.split() == ["True", "False", "False"]
+
+
+STOPPED_INSIDE_A_TRANSACTION = '''
+import os, signal, sys
+import mlflow
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+from ngsll_plugins.tracking import end_runs_on_signal
+
+mlflow.set_tracking_uri(sys.argv[1])
+end_runs_on_signal()
+armed = False
+
+def signal_while_the_write_lock_is_held(session, flush_context):
+    global armed
+    if armed:
+        armed = False
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, before this transaction commits
+
+event.listen(Session, "after_flush", signal_while_the_write_lock_is_held)
+with mlflow.start_run(run_name="stage") as stage, mlflow.start_run(run_name="phase", nested=True) as phase:
+    print(stage.info.run_id, phase.info.run_id, flush=True)
+    armed = True
+    mlflow.log_params({"lr": 0.1, "epochs": 3})
+    print("not stopped", flush=True)
+'''
+
+
+def test_a_signal_inside_an_mlflow_transaction_still_ends_every_open_run_as_killed(tmp_path) -> None:
+    """The race a cancelled job hits: SIGTERM while a stage's own SQLite write holds the store's lock."""
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = tmp_path / "stage.py"
+    script.write_text(STOPPED_INSIDE_A_TRANSACTION)
+    result = subprocess.run([sys.executable, str(script), uri], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 128 + 15, result.stderr[-3000:]
+    stage_id, phase_id = result.stdout.split()  # and no "not stopped": the signal stopped the stage
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    for run_id in (stage_id, phase_id):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED", result.stderr[-3000:]
+        assert run.data.tags["ngsll.stop_reason"] == "stopped by SIGTERM"
+    assert client.get_run(phase_id).data.params == {}  # the interrupted write was rolled back, not half-done

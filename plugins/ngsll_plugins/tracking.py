@@ -1,7 +1,7 @@
 """MLflow glue shared by the pipeline stages.
 
-* :func:`end_runs_on_signal`: SIGTERM / SIGINT end the stage's open runs as KILLED (or FAILED) with the
-  reason as the tag ``ngsll.stop_reason``, instead of leaving them RUNNING.
+* :func:`end_runs_on_signal`: SIGTERM / SIGINT stop the stage and end its open runs as KILLED (or FAILED)
+  with the reason as the tag ``ngsll.stop_reason``, instead of leaving them RUNNING.
 * :func:`configure`: tracking URI from ``MLFLOW_TRACKING_URI``, else ``sqlite:///<repo>/mlflow.db`` with
   artifacts in ``<repo>/mlartifacts``; telemetry off unless the user turned it on; one experiment per
   dataset, created as a model-training experiment (the UI opens it on the runs table).
@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import signal
@@ -48,24 +49,56 @@ PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "scikit-learn", "pyyaml"
 
 
 def end_runs_on_signal(status: str = "KILLED", reason: str = "stopped by {signal}") -> None:
-    """From now on SIGTERM and SIGINT end every open MLflow run of this process, then exit.
+    """From now on SIGTERM and SIGINT stop the process and end every MLflow run it had open.
 
-    Each open run (innermost first) gets the tag ``ngsll.stop_reason`` = ``reason`` (``{signal}`` is replaced
-    by the signal's name) and ends with ``status``; the process then exits with status 128 + the signal
-    number through ``SystemExit``, so ``finally`` blocks (temporary files) still run.
+    The handler itself does no store I/O: the signal may land inside one of MLflow's SQLite transactions,
+    whose write lock the interrupted frame still holds, so a write from the handler would wait on that lock
+    and fail ("database is locked"), leaving the run RUNNING. Instead the handler notes the ids of the open
+    runs and raises ``SystemExit(128 + signal number)``; unwinding rolls the interrupted transaction back,
+    runs ``finally`` blocks (temporary files) and ends the ``with start_run()`` blocks as FAILED. An ``atexit``
+    hook then gives each noted run the tag ``ngsll.stop_reason`` = ``reason`` (``{signal}`` is replaced by the
+    signal's name) and the final ``status``. A second signal while the first one unwinds is ignored.
     """
+    stopped: dict[str, Any] = {}  # filled by the first signal: its message and the runs open at that moment
+
     def stop(signum: int, frame: Any) -> None:
-        message = reason.format(signal=signal.Signals(signum).name)
-        while (run := mlflow.active_run()) is not None:
-            try:
-                mlflow.MlflowClient().set_tag(run.info.run_id, STOP_REASON_TAG, message)
-            finally:
-                mlflow.end_run(status=status)
-        print(f"{message}: open MLflow runs ended as {status}", file=sys.stderr, flush=True)
+        if stopped:
+            return
+        stopped.update(message=reason.format(signal=signal.Signals(signum).name), run_ids=open_run_ids())
         raise SystemExit(128 + signum) from None
 
+    def end_stopped_runs() -> None:
+        if not stopped:
+            return
+        message, client = stopped["message"], mlflow.MlflowClient()
+        while mlflow.active_run() is not None:  # a run not opened in a `with` block is still on the stack
+            try:
+                mlflow.end_run(status=status)
+            except Exception as error:  # noqa: BLE001 - the loop below retries this run; exit must go on
+                print(f"could not end the active MLflow run: {error}", file=sys.stderr, flush=True)
+        for run_id in reversed(stopped["run_ids"]):  # innermost first
+            try:
+                client.set_tag(run_id, STOP_REASON_TAG, message)
+                client.set_terminated(run_id, status)
+            except Exception as error:  # noqa: BLE001 - one run's failure must not keep the others RUNNING
+                print(f"could not end MLflow run {run_id} as {status}: {error}", file=sys.stderr, flush=True)
+        print(f"{message}: open MLflow runs ended as {status}", file=sys.stderr, flush=True)
+
+    atexit.register(end_stopped_runs)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+
+
+def open_run_ids() -> list[str]:
+    """Ids of this thread's open MLflow runs, outermost first, read from memory without store I/O.
+
+    MLflow has no public API for its run stack (``mlflow.active_run()`` is only its top), so this reads
+    ``mlflow.tracking.fluent._active_run_stack``; pyproject pins MLflow below 3.18, and test_plugins checks
+    nested runs against a real store.
+    """
+    from mlflow.tracking import fluent
+
+    return [run.info.run_id for run in fluent._active_run_stack.get()]
 
 
 def tracking_uri(root: Path) -> str:
