@@ -47,13 +47,7 @@ class NumpyTableModel:
         self.sizes = np.asarray(args.category_sizes, dtype=np.float32)  # (categorical,)
         # each hidden layer as (in, out) weights and (out,) bias
         self.layers = [(as_numpy(layer.weight).T.copy(), as_numpy(layer.bias)) for layer in linears]
-        self.low_rank = isinstance(output, LowRankOutput)
-        self.output: tuple[np.ndarray, ...]
-        if self.low_rank:  # (U, r * C) projection B, (d, r) vectors A, (d, C) bias
-            project = as_numpy(output.project.weight).T.copy()  # (U, r * C)
-            self.output = (project, as_numpy(output.row_vectors), as_numpy(output.bias))
-        else:  # (U, d * C) weights, (d * C,) bias
-            self.output = (as_numpy(output.weight).T.copy(), as_numpy(output.bias))
+        self.output_layer = NumpyOutputLayer(output, self.args.num_features, self.args.num_outputs)
 
     def check(self, x: np.ndarray, z: np.ndarray) -> None:
         """Raise :class:`InputError` unless x is (B, numbers + categorical) finite floats whose codes are integers in
@@ -86,7 +80,7 @@ class NumpyTableModel:
         hidden = np.concatenate([x[:, :numeric], self.embedding[codes].reshape(batch, -1)], axis=1)  # (B, in)
         for weight, bias in self.layers:
             hidden = np.maximum(hidden @ weight + bias, 0.0)  # (B, U) Linear + ReLU
-        dense = self.output_weights(hidden)  # (B, d, C)
+        dense = self.output_layer(hidden)  # (B, d, C)
         scores = np.square(dense).sum(axis=-1)  # (B, d) the gate's ranking, as KHotGate
         blocked = z == 0 if args.mask_zero_features else np.zeros_like(z, dtype=bool)  # (B, d)
         scores[blocked] = -np.inf
@@ -99,16 +93,6 @@ class NumpyTableModel:
         logits = (z[:, :, None] * weights).sum(axis=1)  # (B, C) z^T w' (einsum costs more for small shapes)
         return NGSLLOutput(logits=torch.from_numpy(logits), weights=torch.from_numpy(weights),
                            gate=torch.from_numpy(gate), dense_weights=torch.from_numpy(dense))
-
-    def output_weights(self, hidden: np.ndarray) -> np.ndarray:
-        """The output layer: (B, U) hidden units -> (B, d, C) dense weights."""
-        batch, shape = hidden.shape[0], (hidden.shape[0], self.args.num_features, self.args.num_outputs)
-        if self.low_rank:  # LowRankOutput: w[b, j, c] = A[j] . (B h_b)[:, c] + bias[j, c]
-            project, row_vectors, bias = self.output
-            projected = (hidden @ project).reshape(batch, row_vectors.shape[1], shape[2])  # (B, r, C)
-            return np.einsum("jr,brc->bjc", row_vectors, projected) + bias  # (B, d, C)
-        weight, bias = self.output
-        return (hidden @ weight + bias).reshape(shape)  # (B, d, C)
 
     def explain(self, x: np.ndarray, z: np.ndarray) -> tuple[NGSLLOutput, SparseExplanation]:
         """The forward output and :func:`ngsll.explain.sparse_explanation` of it, both in numpy: per row the
@@ -131,3 +115,30 @@ class NumpyTableModel:
             weights=torch.from_numpy(picked[0]), values=torch.from_numpy(picked[1]),
             contributions=torch.from_numpy(picked[2]), valid=torch.from_numpy(open_gate[rows[:, None], order]))
         return output, explanation
+
+
+class NumpyOutputLayer:
+    """A generator's last layer in numpy: (B, U) hidden units -> (B, d, C) dense weights.
+
+    Args:
+        layer: the torch ``nn.Linear`` to d * C outputs (the paper's layer), or a :class:`LowRankOutput`.
+        rows: d, the features of z. columns: C, the outputs per feature.
+    """
+
+    def __init__(self, layer: nn.Module, rows: int, columns: int) -> None:
+        as_numpy = lambda tensor: tensor.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+        self.shape = (rows, columns)
+        self.bias = as_numpy(layer.bias).reshape(rows, columns)  # (d, C)
+        if isinstance(layer, LowRankOutput):
+            self.project = as_numpy(layer.project.weight).T.copy()  # (U, r * C) B
+            self.row_vectors: np.ndarray | None = as_numpy(layer.row_vectors)  # (d, r) A
+        else:
+            self.project = as_numpy(layer.weight).T.copy()  # (U, d * C)
+            self.row_vectors = None
+
+    def __call__(self, hidden: np.ndarray) -> np.ndarray:
+        projected = hidden @ self.project  # (B, r * C) or (B, d * C)
+        if self.row_vectors is None:
+            return projected.reshape(-1, *self.shape) + self.bias  # (B, d, C)
+        projected = projected.reshape(len(hidden), self.row_vectors.shape[1], self.shape[1])  # (B, r, C)
+        return np.einsum("jr,brc->bjc", self.row_vectors, projected) + self.bias  # (B, d, C) A[j] . (B h) + bias
