@@ -22,6 +22,11 @@ from ngsll.generators import LowRankOutput
 from ngsll.model import NGSLL, NGSLLOutput
 
 
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A float32 numpy copy of a torch parameter or buffer."""
+    return tensor.detach().cpu().numpy().astype(np.float32)
+
+
 class NumpyTableModel:
     """Evaluation-mode forward of a table :class:`NGSLL`, in numpy; the weights are copied once.
 
@@ -40,7 +45,6 @@ class NumpyTableModel:
         if len(linears) != len(hidden) // 2 or not isinstance(output, (nn.Linear, LowRankOutput)):
             raise ConfigError(f"unexpected table head {generator.head}; expected (Linear, ReLU) x L and a Linear "
                               "or LowRankOutput")
-        as_numpy = lambda tensor: tensor.detach().cpu().numpy().astype(np.float32)  # noqa: E731
         self.args = args
         self.embedding = as_numpy(generator.embedding.weight)  # (sum of category sizes, E)
         self.offsets = generator.offsets.cpu().numpy()  # (categorical,) first row of each column's codes
@@ -126,7 +130,6 @@ class NumpyOutputLayer:
     """
 
     def __init__(self, layer: nn.Module, rows: int, columns: int) -> None:
-        as_numpy = lambda tensor: tensor.detach().cpu().numpy().astype(np.float32)  # noqa: E731
         self.shape = (rows, columns)
         self.bias = as_numpy(layer.bias).reshape(rows, columns)  # (d, C)
         if isinstance(layer, LowRankOutput):
