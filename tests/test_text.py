@@ -199,6 +199,33 @@ def test_text_model_args_come_from_params_and_prepared_features() -> None:
         dataset_settings(params, "tiny")
 
 
+def test_model_dnn_overrides_the_model_section_for_the_dnn_only() -> None:
+    params = {
+        "defaults": {"text": {"data": {}, "validate": {}, "serve": {}, "train": {"coarse": {"k": 2, "tau": 1.0}},
+                              "model": {"embedding_dim": 4, "filter_widths": [2], "filter_maps": 3, "dropout": 0.1,
+                                        "word_dropout": 0.0, "hidden_layers": 2, "hidden_units": 5,
+                                        "output_rank": 2}}},
+        "datasets": {"tiny": {"kind": "text", "data": {}, "validate": {}, "train": {}, "serve": {},
+                              "model": {"dnn": {"word_dropout": 0.25, "hidden_layers": 0}}}},
+    }
+    features = {"feature_names": ["a", "b", "c"], "class_names": ["x", "y", "z"], "sequence_vocabulary_size": 7}
+    settings = dataset_settings(params, "tiny")
+    dnn = model_args(settings, features, kind="dnn")
+    assert (dnn.word_dropout, dnn.hidden_layers, dnn.hidden_units) == (0.25, 0, 5)  # overridden, the rest shared
+    for gate in (True, False):  # NGSLL and its no-gate ablation keep the shared section
+        ngsll = model_args(settings, features, use_gate=gate)
+        assert (ngsll.word_dropout, ngsll.hidden_layers, ngsll.output_rank) == (0.0, 2, 2)
+    head = build_model(dnn).generator.head
+    assert [type(layer).__name__ for layer in head] == ["Linear"]  # L = 0 and a full layer to the 3 logits
+    assert head[0].out_features == 3
+    params["datasets"]["tiny"]["model"]["dnn"] = {"word_dropuot": 0.25}
+    with pytest.raises(ConfigError, match=r"model.dnn sets \['word_dropuot'\].*accepted: \['dropout'"):
+        dataset_settings(params, "tiny")
+    params["datasets"]["tiny"]["model"]["dnn"] = [0.25]
+    with pytest.raises(ConfigError, match="model.dnn must be a mapping"):
+        dataset_settings(params, "tiny")
+
+
 def test_figure_page_colours_chosen_words_and_greys_out_of_vocabulary_ones() -> None:
     html = coloured_sentence("Too <bad> comedy", {"bad": -0.5}, {"bad", "comedy"}, scale=0.5)
     assert "rgba(30,80,220,0.90)" in html and "&lt;" in html  # blue at full strength, text escaped

@@ -99,11 +99,34 @@ def dataset_settings(params: dict[str, Any], dataset: str) -> DatasetSettings:
         raise ConfigError(f"datasets.{dataset} lacks the section(s) {missing}; write e.g. {missing[0]}: {{}} to take "
                           f"every default of defaults.{kind}.{missing[0]}")
     merged = deep_merge(section(params, "defaults", kind), own)
+    check_dnn_model(dataset, section(merged, "model"))
     tracking = {"experiment": dataset, "registered_model": f"ngsll-{dataset}"}
     serve = {**(params.get("serve") or {}), **(merged.get("serve") or {}), "model_name": tracking["registered_model"]}
     data = {"description": own.get("description", dataset), **merged.get("data", {})}
     return DatasetSettings(dataset, kind, data, merged.get("validate") or {}, section(merged, "model"),
                            section(merged, "train"), serve, tracking)
+
+
+DNN_MODEL_KEY = "dnn"  # model.dnn: the DNN's own values of model keys, laid over the section for the DNN only
+
+
+def check_dnn_model(dataset: str, model: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` unless ``model.dnn`` (optional) is a dict of the model section's own keys."""
+    overrides = model.get(DNN_MODEL_KEY) or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"datasets.{dataset}.model.{DNN_MODEL_KEY} must be a mapping of model keys, got {overrides!r}")
+    unknown = set(overrides) - set(model) - {DNN_MODEL_KEY}
+    if unknown or DNN_MODEL_KEY in overrides:
+        accepted = sorted(set(model) - {DNN_MODEL_KEY})
+        raise ConfigError(f"datasets.{dataset}.model.{DNN_MODEL_KEY} sets {sorted(unknown or {DNN_MODEL_KEY})}, "
+                          f"which are not keys of the model section; accepted: {accepted}")
+
+
+def model_section(settings: DatasetSettings, kind: str = "ngsll") -> dict[str, Any]:
+    """The model section a model of ``kind`` is built from: ``settings.model`` for NGSLL (gated or not), with
+    ``model.dnn`` laid over it for the DNN (e.g. a word dropout that helps the DNN and hurts NGSLL)."""
+    shared = {key: value for key, value in settings.model.items() if key != DNN_MODEL_KEY}
+    return {**shared, **(settings.model.get(DNN_MODEL_KEY) or {})} if kind == "dnn" else shared
 
 
 def task_of(features: dict[str, Any]) -> str:
@@ -125,7 +148,7 @@ def model_args(
     (``height``, ``width``, ``channels``) for images, ``sequence_vocabulary_size`` for text, or ``table``
     (``numeric_inputs``, ``category_sizes``) for tables.
     """
-    model, coarse = settings.model, settings.train["coarse"]
+    model, coarse = model_section(settings, kind), settings.train["coarse"]
     task = task_of(features)
     num_classes = 1 if task == "regression" else len(features["class_names"])
     common = dict(

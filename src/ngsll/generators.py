@@ -88,12 +88,11 @@ def mlp_head(in_features: int, hidden_layers: int, hidden_units: int, out_featur
     return nn.Sequential(*layers)
 
 
-def output_factoring(args: Any, out_features: int) -> dict[str, int]:
+def output_factoring(args: Any) -> dict[str, int]:
     """``mlp_head``'s ``output_rank`` / ``output_rows`` for a model: NGSLL's d x C weights take the model's
-    ``output_rank``; the DNN's C logits (or any other size) always get a full linear layer."""
-    rank = int(getattr(args, "output_rank", 0))
-    if rank > 0 and out_features == args.num_features * args.num_outputs and args.kind == "ngsll":
-        return {"output_rank": rank, "output_rows": args.num_features}
+    ``output_rank``; the DNN's C logits always get a full linear layer."""
+    if args.kind == "ngsll" and args.output_rank > 0:
+        return {"output_rank": args.output_rank, "output_rows": args.num_features}
     return {}
 
 
@@ -158,7 +157,7 @@ class ImageWeightGenerator(nn.Module):
             hidden_layers=args.hidden_layers,
             hidden_units=args.hidden_units,
             out_features=out_features,
-            **output_factoring(args, out_features),
+            **output_factoring(args),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,7 +223,7 @@ class SentenceCNNGenerator(nn.Module):
             hidden_units=args.hidden_units,
             out_features=out_features,
             word_dropout=args.word_dropout,
-            **output_factoring(args, out_features),
+            **output_factoring(args),
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -268,7 +267,7 @@ class TableWeightGenerator(nn.Module):
     def for_model(cls, args: Any, out_features: int) -> TableWeightGenerator:
         """The generator described by a table model's :class:`ngsll.model.ModelArgs`."""
         return cls(args.numeric_inputs, args.category_sizes, args.embedding_dim, args.dropout, args.hidden_layers,
-                   args.hidden_units, out_features, **output_factoring(args, out_features))
+                   args.hidden_units, out_features, **output_factoring(args))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         numbers = x[:, : self.numeric_inputs]  # (B, numeric_inputs)
