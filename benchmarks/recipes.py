@@ -64,6 +64,14 @@ def with_overrides(params: dict[str, Any], overrides: list[str]) -> dict[str, An
     return changed
 
 
+def recipe_overrides(recipe_args: list[list[str]], baseline: bool = True) -> dict[str, list[str]]:
+    """``{recipe name: its overrides}`` from ``--recipe NAME KEY=VALUE ...`` arguments, led by params.yaml as it
+    is (no overrides) unless ``baseline`` is false; raises :class:`ConfigError` when that leaves no recipe."""
+    if not baseline and not recipe_args:
+        raise ConfigError("--no-baseline leaves nothing to train: name at least one --recipe")
+    return {**({BASELINE: []} if baseline else {}), **{name: items for name, *items in recipe_args}}
+
+
 def train_and_score(dataset: str, params: dict[str, Any], seed: int, models: list[str],
                     data_dir: Path) -> dict[str, Any]:
     """Train ``models`` (``dnn``, ``ngsll``) of ``dataset`` under ``params`` at ``seed``.
@@ -133,14 +141,19 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--recipe", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE"),
                         help="a recipe: its name, then overrides of params.yaml (repeatable); params.yaml as it "
-                             "is always runs first")
+                             "is runs first unless --no-baseline")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip params.yaml as it is (its numbers are already known); needs a --recipe")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared evenly")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--data-dir", type=Path, help="prepared splits (default: data/prepared/<dataset>)")
     args = parser.parse_args()
 
     params = yaml.safe_load(args.params.read_text())
-    overrides = {BASELINE: [], **{name: items for name, *items in args.recipe}}
+    try:
+        overrides = recipe_overrides(args.recipe, baseline=not args.no_baseline)
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
     try:
         recipes = {recipe: with_overrides(params, items) for recipe, items in overrides.items()}
     except ConfigError as error:

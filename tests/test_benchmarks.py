@@ -111,6 +111,16 @@ def test_recipe_overrides_set_dotted_keys_to_yaml_values_and_leave_params_alone(
         recipes.with_overrides(params, ["datasets.trec.model.hidden_units.wide=1"])
 
 
+def test_recipes_lead_with_params_yaml_unless_no_baseline() -> None:
+    from ngsll import ConfigError
+
+    named = [["wd", "datasets.trec.model.word_dropout=0.25"]]
+    assert recipes.recipe_overrides(named) == {"params.yaml": [], "wd": ["datasets.trec.model.word_dropout=0.25"]}
+    assert recipes.recipe_overrides(named, baseline=False) == {"wd": ["datasets.trec.model.word_dropout=0.25"]}
+    with pytest.raises(ConfigError, match="name at least one --recipe"):
+        recipes.recipe_overrides([], baseline=False)
+
+
 def test_recipe_table_gives_mean_and_spread_per_recipe_and_model() -> None:
     runs = {"params.yaml": [{"scores": {"DNN": [0.80, 0.84]}, "seconds": 60},
                             {"scores": {"DNN": [0.82, 0.86]}, "seconds": 120}],
